@@ -1,0 +1,127 @@
+"""The embedded demo: RecurSeed + CertainMix on the synthetic WSSS benchmark, on CPU.
+
+Command:
+    python launch.py                      # = --config configs/default.py --workdir runs/default
+
+Expected (2 CPU cores, a few minutes): summary.json with the RecurSeed seed mIoU several points
+above the CAM seed mIoU, and pseudo masks after CRF above both; the fully supervised upper bound
+beside them. The README's results section holds the figures measured on the reference machine.
+
+Every knob of METHOD.md sections 2-5 is a field here; real configs (VOC, COCO) change the data,
+model size and schedule, not the field names.
+"""
+
+import ml_collections
+
+
+def get_config():
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  # Which stages `launch.py` runs, in order. --stages=... overrides.
+  c.stages = 'train,seeds,crf,evaluate,export'
+
+  # --- data -------------------------------------------------------------------------------------
+  c.data = ml_collections.ConfigDict()
+  c.data.name = 'synthetic'
+  c.data.cache_dir = ''             # '' -> <workdir>/data ; generated once, reused on rerun
+  c.data.num_classes = 5
+  c.data.image_size = 64            # synthetic images are square
+  c.data.num_train = 1200
+  c.data.num_val = 200
+  c.data.seed = 1234                # the dataset is a pure function of this seed and the fields above
+  c.data.crop_size = 64             # random crop after rescale, padded with 0 (image) / 255 (mask)
+  c.data.scale_range = (0.8, 1.25)  # random rescale factor (the VOC configs rescale the long side)
+  c.data.flip = True
+  c.data.color_jitter = (0.0, 0.0, 0.0, 0.0)  # brightness, contrast, saturation, hue (VOC: .3,.3,.3,.1)
+  c.data.mean = (0.485, 0.456, 0.406)  # ImageNet normalisation, images in [0, 1]
+  c.data.std = (0.229, 0.224, 0.225)
+  c.data.shuffle_buffer = 2048
+
+  # --- model (METHOD.md section 1) --------------------------------------------------------------
+  c.model = ml_collections.ConfigDict()
+  c.model.stage_sizes = (1, 1, 1, 1)  # ResNet-50: (3, 4, 6, 3); ResNet-101: (3, 4, 23, 3)
+  c.model.width = 16                  # channels of the stem; ResNet-50/101: 64
+  c.model.output_stride = 8           # 16 for single-stage training on VOC; 8 at multi-stage inference
+  c.model.aspp_channels = 64          # 256 for the full model
+  c.model.aspp_rates = (1, 2, 3)      # (6, 12, 18) at OS16, (12, 24, 36) at OS8 on 512 crops
+  c.model.low_level_channels = 16     # 48 in DeepLabv3+; 256 in the authors' RecurSeed network
+  c.model.decoder_channels = 64       # 256 for the full model
+  c.model.aspp_dropout = 0.5
+  c.model.decoder_dropout = (0.5, 0.1)
+  c.model.init = 'scratch'
+
+  # --- RecurSeed (METHOD.md section 2) ----------------------------------------------------------
+  c.rs = ml_collections.ConfigDict()
+  c.rs.cam_only_steps = 150          # seeds come from the CAM before this step, from the seg head after
+  c.rs.seed_mix = 0.0                # after the switch: seed = (1 - mix) * seg seed + mix * CAM seed
+  c.rs.refine = 'scg'                # 'scg' | 'pamr' | 'none'
+  c.rs.refine_stride = 4             # resolution (crop / stride) at which seeds are refined
+  c.rs.certain = 0.55                # best foreground score >= certain -> that class
+  c.rs.uncertain = 0.10              # best foreground score <= uncertain -> background; else 255
+  c.rs.scg = ml_collections.ConfigDict()
+  c.rs.scg.first_th = 0.50
+  c.rs.scg.second_th = 0.10
+  c.rs.scg.fg_th = 0.30
+  c.rs.scg.bg_th = 0.05
+  c.rs.scg.iteration = 2             # squarings of the second-order affinity
+  c.rs.scg.second_weight = 1.0       # w2 in H = max(S1, w2 * S2)
+  c.rs.scg.levels = (3, 4)           # backbone stages (2..5) whose features feed SCG
+  c.rs.pamr = ml_collections.ConfigDict()
+  c.rs.pamr.iterations = 10
+  c.rs.pamr.dilations = (1, 2, 4, 8, 12, 24)
+
+  # --- losses ------------------------------------------------------------------------------------
+  c.loss = ml_collections.ConfigDict()
+  c.loss.cls = 1.0
+  c.loss.cam = 1.0
+  c.loss.seg = 1.0
+  c.loss.cam_kind = 'l1'             # 'l1' | 'mse'
+
+  # --- CertainMix (METHOD.md section 3) ---------------------------------------------------------
+  c.mix = ml_collections.ConfigDict()
+  c.mix.kind = 'certainmix'          # 'certainmix' | 'classmix' | 'none'
+  c.mix.start_step = 300
+  c.mix.class_prob = 0.5             # each present class of the pasted image is pasted with this prob.
+  c.mix.min_area = 0.01              # a class keeps its image label while it covers this pixel fraction
+
+  # --- optimisation (METHOD.md section 4) -------------------------------------------------------
+  c.optim = ml_collections.ConfigDict()
+  c.optim.lr = 0.1
+  c.optim.head_lr_mult = 10.0        # new heads (classifier, DeepLab head) with a pretrained backbone
+  c.optim.momentum = 0.9
+  c.optim.nesterov = True
+  c.optim.weight_decay = 1e-4        # not on biases nor BatchNorm
+  c.optim.poly_power = 0.9
+  c.optim.warmup_steps = 0
+
+  # --- training ----------------------------------------------------------------------------------
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = 600
+  c.train.batch_size = 16            # global batch
+  c.train.log_every = 50
+  c.train.checkpoint_every = 200
+  c.train.keep_checkpoints = 2
+  c.train.upper_bound = True         # also train the same net on true masks (the demo's ceiling)
+
+  # --- inference to seeds (METHOD.md section 5) -------------------------------------------------
+  c.infer = ml_collections.ConfigDict()
+  c.infer.scales = (1.0, 0.5, 1.5, 2.0)
+  c.infer.flip = True
+  c.infer.class_threshold = 0.34     # val/test: classes kept by mean probability
+  c.infer.bg_power = 2.0             # background = (1 - max over classes) ** bg_power
+  c.infer.batch_size = 32
+
+  # --- DenseCRF (METHOD.md section 5) -----------------------------------------------------------
+  c.crf = ml_collections.ConfigDict()
+  c.crf.iterations = 10
+  c.crf.bi_weight = 4.0
+  c.crf.bi_xy_std = 67.0
+  c.crf.bi_rgb_std = 3.0
+  c.crf.pos_weight = 3.0
+  c.crf.pos_xy_std = 1.0
+  c.crf.workers = 2
+
+  # --- export --------------------------------------------------------------------------------
+  c.export = ml_collections.ConfigDict()
+  c.export.num_overlays = 8
+  return c

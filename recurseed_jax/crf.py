@@ -1,0 +1,174 @@
+"""DenseCRF refinement of seeds into pseudo masks (METHOD.md section 5), on a host process pool.
+
+The CRF runs over background + the kept classes of each image only, and the argmax is mapped back
+to the dataset's label space. `run_crf` consumes a (possibly device-fed) generator of seeds through
+a bounded queue, so seed inference on the accelerator overlaps with the CRF on the CPU cores.
+"""
+
+import collections
+import concurrent.futures as cf
+import multiprocessing
+import os
+import time
+
+import numpy as np
+import pydensecrf.densecrf as dcrf
+import tqdm
+
+from recurseed_jax import io_utils
+
+CRF_KEYS = ('iterations', 'bi_weight', 'bi_xy_std', 'bi_rgb_std', 'pos_weight', 'pos_xy_std')
+
+
+def crf_params_from_config(crf_config):
+  """The `dense_crf` keyword arguments from `config.crf` (a ConfigDict or a dict)."""
+  params = {k: float(crf_config[k]) for k in CRF_KEYS}
+  params['iterations'] = int(params['iterations'])
+  return params
+
+
+def dense_crf(image, probs, *, iterations=10, bi_weight=4, bi_xy_std=67, bi_rgb_std=3,
+              pos_weight=3, pos_xy_std=1):
+  """Fully connected CRF (Krahenbuhl & Koltun) with unary -log(prob).
+
+  Args:
+    image: uint8 [H, W, 3] RGB image.
+    probs: float [H, W, L] non-negative scores per label; normalised over L here.
+    iterations: mean-field iterations.
+    bi_weight, bi_xy_std, bi_rgb_std: bilateral (appearance) kernel weight and stds.
+    pos_weight, pos_xy_std: Gaussian (smoothness) kernel weight and std.
+
+  Returns:
+    float32 [H, W, L] refined marginals.
+  """
+  image = np.asarray(image)
+  probs = np.asarray(probs, dtype=np.float32)
+  if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+    raise ValueError(f'image must be uint8 [H, W, 3], got {image.dtype} {image.shape}')
+  if probs.ndim != 3 or probs.shape[:2] != image.shape[:2]:
+    raise ValueError(f'probs must be [H, W, L] matching image {image.shape[:2]}, got {probs.shape}')
+  h, w, num_labels = probs.shape
+  if not np.all(np.isfinite(probs)):
+    raise ValueError('probs contain NaN or inf')
+  # Clip before normalising: a pixel with all-zero scores becomes uniform instead of 0/0.
+  p = np.clip(probs, 1e-8, None)
+  p = np.clip(p / p.sum(axis=2, keepdims=True), 1e-8, 1.0)
+  unary = np.ascontiguousarray(-np.log(p).transpose(2, 0, 1).reshape(num_labels, -1))
+
+  d = dcrf.DenseCRF2D(w, h, num_labels)
+  d.setUnaryEnergy(unary)
+  d.addPairwiseGaussian(sxy=float(pos_xy_std), compat=float(pos_weight))
+  d.addPairwiseBilateral(sxy=float(bi_xy_std), srgb=float(bi_rgb_std),
+                         rgbim=np.ascontiguousarray(image), compat=float(bi_weight))
+  q = np.asarray(d.inference(int(iterations)), dtype=np.float32)
+  return q.reshape(num_labels, h, w).transpose(1, 2, 0)
+
+
+def crf_label_map(image, seed, keys, **crf_params):
+  """CRF over background + kept classes; returns a uint8 [H, W] map in dataset label space.
+
+  Args:
+    image: uint8 [H, W, 3].
+    seed: float [H, W, 1 + K]; channel 0 background, channel i the class keys[i - 1].
+    keys: K class ids (1-based, as in the label maps) of the kept channels.
+    **crf_params: forwarded to `dense_crf`.
+  """
+  keys = np.asarray(keys, dtype=np.int64).reshape(-1)
+  seed = np.asarray(seed)
+  if seed.ndim != 3 or seed.shape[2] != 1 + keys.size:
+    raise ValueError(f'seed must be [H, W, 1 + K] with K = {keys.size} keys, got {seed.shape}')
+  if keys.size and (keys.min() < 1 or keys.max() > 254):
+    raise ValueError(f'class keys must lie in 1..254, got {keys.tolist()}')
+  if keys.size == 0:  # nothing kept: all background (a 1-label CRF is a no-op)
+    return np.zeros(seed.shape[:2], np.uint8)
+  q = dense_crf(image, seed, **crf_params)
+  lut = np.concatenate([[0], keys]).astype(np.uint8)
+  return lut[np.argmax(q, axis=2)]
+
+
+def _crf_job(path, image, seed, keys, params):
+  """Worker body: one image, written atomically (module level so 'spawn' can pickle it)."""
+  io_utils.save_palette_png(path, crf_label_map(image, seed, keys, **params))
+
+
+def _remove_stale_temps(out_dir):
+  # Temp files of a killed run; their images are redone since the final PNG never appeared.
+  for name in os.listdir(out_dir):
+    if io_utils.is_temp_name(name) and name.split(io_utils.TMP_MARKER)[0].endswith('.png'):
+      try:
+        os.remove(os.path.join(out_dir, name))
+      except FileNotFoundError:
+        pass
+
+
+def run_crf(items, out_dir, *, params, workers=2, desc='crf', total=None):
+  """Runs `crf_label_map` over a stream of seeds and writes `<out_dir>/<image_id>.png`.
+
+  Resumable: an image whose PNG exists is skipped (its item is still consumed). With workers > 0,
+  a 'spawn' process pool (safe beside jax/tf threads in the parent) is fed at most 2 * workers
+  items at a time, so a lazily computed `items` generator overlaps with the CRF and memory stays
+  bounded. Stale temp files of a killed run in `out_dir` are removed first, so do not point two
+  concurrent runs at one folder.
+
+  Args:
+    items: iterable of (image_id, image uint8 [H, W, 3], seed float [H, W, 1 + K], keys [K]).
+    out_dir: output folder, created if missing.
+    params: `dense_crf` keyword arguments (see `crf_params_from_config`).
+    workers: pool size; 0 runs inline in this process.
+    desc: progress bar label.
+    total: item count for the progress bar (defaults to len(items) when it has one).
+
+  Returns:
+    {'written': n, 'skipped': n, 'seconds': s}.
+  """
+  start = time.perf_counter()
+  os.makedirs(out_dir, exist_ok=True)
+  _remove_stale_temps(out_dir)
+  if total is None and hasattr(items, '__len__'):
+    total = len(items)
+  params = dict(params)
+  counts = {'written': 0, 'skipped': 0}
+  pool = None
+  pending = {}  # future -> image_id
+  max_in_flight = 2 * max(workers, 1)
+  bar = tqdm.tqdm(total=total, desc=desc, unit='img', dynamic_ncols=True)
+
+  def collect(done):
+    for fut in done:
+      image_id = pending.pop(fut)
+      exc = fut.exception()
+      if exc is not None:
+        raise RuntimeError(f'CRF failed for image {image_id!r}: {exc!r}') from exc
+      counts['written'] += 1
+      bar.update(1)
+
+  try:
+    for image_id, image, seed, keys in items:
+      path = os.path.join(out_dir, f'{image_id}.png')
+      if os.path.exists(path):
+        counts['skipped'] += 1
+        bar.update(1)
+        continue
+      if workers <= 0:
+        try:
+          _crf_job(path, image, seed, keys, params)
+        except Exception as exc:
+          raise RuntimeError(f'CRF failed for image {image_id!r}: {exc!r}') from exc
+        counts['written'] += 1
+        bar.update(1)
+        continue
+      if pool is None:  # lazily: a fully resumed run never starts processes
+        pool = cf.ProcessPoolExecutor(max_workers=workers,
+                                      mp_context=multiprocessing.get_context('spawn'))
+      while len(pending) >= max_in_flight:
+        done, _ = cf.wait(list(pending), return_when=cf.FIRST_COMPLETED)
+        collect(done)
+      pending[pool.submit(_crf_job, path, image, seed, keys, params)] = image_id
+    while pending:
+      done, _ = cf.wait(list(pending), return_when=cf.FIRST_COMPLETED)
+      collect(done)
+  finally:
+    if pool is not None:
+      pool.shutdown(wait=True, cancel_futures=True)
+    bar.close()
+  return {**counts, 'seconds': time.perf_counter() - start}

@@ -1,0 +1,158 @@
+"""Confusion matrix, mIoU and the FP/FN rates of the WSSS literature, over label-map PNG folders.
+
+CLI:
+  python -m recurseed_jax.evaluate --pred DIR --gt DIR --num-classes 20 [--out scores.json]
+"""
+
+import argparse
+import math
+import os
+
+import numpy as np
+import tqdm
+
+from recurseed_jax import io_utils
+
+VOC_CLASSES = (
+    'background', 'aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat', 'chair',
+    'cow', 'diningtable', 'dog', 'horse', 'motorbike', 'person', 'pottedplant', 'sheep', 'sofa',
+    'train', 'tvmonitor')
+
+
+def confusion_matrix(pred, gt, num_labels, ignore=255):
+  """int64 [n, n] counts, rows = ground truth, columns = prediction; gt == ignore is skipped."""
+  pred = np.asarray(pred)
+  gt = np.asarray(gt)
+  if pred.shape != gt.shape:
+    raise ValueError(f'prediction shape {pred.shape} != ground truth shape {gt.shape}')
+  valid = gt != ignore
+  p = pred[valid].astype(np.int64)
+  g = gt[valid].astype(np.int64)
+  if p.size and (p.min() < 0 or p.max() >= num_labels):
+    raise ValueError(f'prediction labels must lie in [0, {num_labels}), got '
+                     f'{sorted(set(np.unique(p[(p < 0) | (p >= num_labels)]).tolist()))}')
+  if g.size and (g.min() < 0 or g.max() >= num_labels):
+    raise ValueError(f'ground-truth labels must lie in [0, {num_labels}) or be {ignore}, got '
+                     f'{sorted(set(np.unique(g[(g < 0) | (g >= num_labels)]).tolist()))}')
+  counts = np.bincount(g * num_labels + p, minlength=num_labels * num_labels)
+  return counts.reshape(num_labels, num_labels).astype(np.int64)
+
+
+def _nan_mean(x):
+  x = np.asarray(x, np.float64)
+  return float(np.nanmean(x)) if np.any(~np.isnan(x)) else math.nan
+
+
+def scores(conf):
+  """mIoU and per-class IoU / FP / FN rates from a confusion matrix.
+
+  A class absent from both gt and prediction has IoU, FP and FN NaN and is left out of the means.
+  FP and FN are normalised by the class's union (tp + fp + fn), so IoU + FP + FN = 1 per class.
+  """
+  conf = np.asarray(conf, dtype=np.float64)
+  tp = np.diag(conf)
+  fp = conf.sum(axis=0) - tp
+  fn = conf.sum(axis=1) - tp
+  union = tp + fp + fn
+  with np.errstate(invalid='ignore', divide='ignore'):
+    iou = np.where(union > 0, tp / union, np.nan)
+    fp_rate = np.where(union > 0, fp / union, np.nan)
+    fn_rate = np.where(union > 0, fn / union, np.nan)
+  total = conf.sum()
+  return {
+      'miou': _nan_mean(iou),
+      'iou': iou.tolist(),
+      'pixel_acc': float(tp.sum() / total) if total else math.nan,
+      'fp': fp_rate.tolist(),
+      'fn': fn_rate.tolist(),
+      'mean_fp': _nan_mean(fp_rate),
+      'mean_fn': _nan_mean(fn_rate),
+  }
+
+
+def _fmt(x, pct=False):
+  if x is None or math.isnan(x):
+    return '-'
+  return f'{100 * x:.1f}' if pct else f'{x:.3f}'
+
+
+def format_table(scores_dict, class_names=None):
+  """Markdown table: class, IoU %, FP, FN per class, then the mean row."""
+  iou = scores_dict['iou']
+  if class_names is None:
+    class_names = [f'class {i}' for i in range(len(iou))]
+  if len(class_names) != len(iou):
+    raise ValueError(f'{len(class_names)} class names for {len(iou)} classes')
+  lines = ['| class | IoU (%) | FP | FN |', '|---|---:|---:|---:|']
+  for name, i, fp, fn in zip(class_names, iou, scores_dict['fp'], scores_dict['fn']):
+    lines.append(f'| {name} | {_fmt(i, True)} | {_fmt(fp)} | {_fmt(fn)} |')
+  lines.append(f"| **mean** | **{_fmt(scores_dict['miou'], True)}** | "
+               f"{_fmt(scores_dict.get('mean_fp', math.nan))} | "
+               f"{_fmt(scores_dict.get('mean_fn', math.nan))} |")
+  return '\n'.join(lines)
+
+
+def evaluate_dirs(pred_dir, gt_dir, num_labels, ids=None, ignore=255):
+  """Scores every `<gt_dir>/<id>.png` (or the given ids) against `<pred_dir>/<id>.png`."""
+  if ids is None:
+    ids = sorted(n[:-4] for n in os.listdir(gt_dir)
+                 if n.endswith('.png') and not io_utils.is_temp_name(n))
+    if not ids:
+      raise FileNotFoundError(f'no ground-truth PNGs in {gt_dir}')
+  conf = np.zeros((num_labels, num_labels), np.int64)
+  for image_id in tqdm.tqdm(ids, desc='evaluate', unit='img', dynamic_ncols=True):
+    gt_path = os.path.join(gt_dir, f'{image_id}.png')
+    pred_path = os.path.join(pred_dir, f'{image_id}.png')
+    if not os.path.exists(pred_path):
+      raise FileNotFoundError(f'missing prediction {pred_path} for ground truth {gt_path}')
+    gt = io_utils.load_mask_png(gt_path)
+    pred = io_utils.load_mask_png(pred_path)
+    if pred.shape != gt.shape:
+      raise ValueError(f'size mismatch: prediction {pred_path} is {pred.shape}, '
+                       f'ground truth {gt_path} is {gt.shape}')
+    try:
+      conf += confusion_matrix(pred, gt, num_labels, ignore=ignore)
+    except ValueError as e:
+      raise ValueError(f'{pred_path} / {gt_path}: {e}') from e
+  result = scores(conf)
+  result['num_images'] = len(ids)
+  return result
+
+
+def _json_safe(obj):
+  # NaN is not valid JSON; absent classes become null.
+  if isinstance(obj, float) and math.isnan(obj):
+    return None
+  if isinstance(obj, list):
+    return [_json_safe(x) for x in obj]
+  if isinstance(obj, dict):
+    return {k: _json_safe(v) for k, v in obj.items()}
+  return obj
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--pred', required=True, help='folder of predicted label PNGs')
+  parser.add_argument('--gt', required=True, help='folder of ground-truth label PNGs')
+  parser.add_argument('--num-classes', type=int, required=True,
+                      help='foreground classes (labels = N + 1 with background)')
+  parser.add_argument('--ids', help='optional text file of image ids, one per line')
+  parser.add_argument('--out', help='optional JSON file for the scores')
+  args = parser.parse_args(argv)
+  num_labels = args.num_classes + 1
+  ids = None
+  if args.ids:
+    with open(args.ids) as f:
+      ids = [line.strip() for line in f if line.strip()]
+  result = evaluate_dirs(args.pred, args.gt, num_labels, ids=ids)
+  names = VOC_CLASSES if num_labels == len(VOC_CLASSES) else (
+      ['background'] + [f'class {i}' for i in range(1, num_labels)])
+  print(format_table(result, names))
+  print(f"mIoU {100 * result['miou']:.2f}  pixel acc {100 * result['pixel_acc']:.2f}  "
+        f"({result['num_images']} images)")
+  if args.out:
+    io_utils.save_json(args.out, _json_safe(result))
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,102 @@
+"""Small host-side file helpers: atomic writes, JSON, VOC palette PNG masks.
+
+Every file a stage writes goes through `atomic_path`, so a killed run never leaves a half-written
+file under the final name (a rerun then treats the file as missing and redoes it).
+"""
+
+import contextlib
+import json
+import os
+
+import numpy as np
+from PIL import Image
+
+# Temp files are `.<name>.tmp-<pid>`: hidden, and never matching a `*.png` / `*.json` glob.
+TMP_MARKER = '.tmp-'
+
+
+def temp_path_for(path):
+  """The temp name `atomic_path` uses for `path` in this process."""
+  folder, name = os.path.split(os.fspath(path))
+  return os.path.join(folder, f'.{name}{TMP_MARKER}{os.getpid()}')
+
+
+def is_temp_name(name):
+  """Whether a bare file name looks like one of our temp files."""
+  return name.startswith('.') and TMP_MARKER in name
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+  """Yields a temp path next to `path`; renamed onto `path` on success, removed on error.
+
+  The temp file sits in the same folder so `os.replace` is a same-filesystem atomic rename.
+  """
+  path = os.fspath(path)
+  tmp = temp_path_for(path)
+  try:
+    yield tmp
+    os.replace(tmp, path)
+  except BaseException:
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(tmp)
+    raise
+
+
+def atomic_write_bytes(path, data):
+  with atomic_path(path) as tmp:
+    with open(tmp, 'wb') as f:
+      f.write(data)
+
+
+def save_json(path, obj, indent=2):
+  with atomic_path(path) as tmp:
+    with open(tmp, 'w') as f:
+      json.dump(obj, f, indent=indent)
+      f.write('\n')
+
+
+def save_npz(path, **arrays):
+  # Through a file object: np.savez would append '.npz' to the temp name.
+  with atomic_path(path) as tmp:
+    with open(tmp, 'wb') as f:
+      np.savez(f, **arrays)
+
+
+def voc_palette(n=256):
+  """The PASCAL VOC colour map: bit j of the label's r/g/b triplets -> bit 7-j of the colour."""
+  labels = np.arange(n, dtype=np.int64)
+  palette = np.zeros((n, 3), dtype=np.int64)
+  for j in range(8):
+    for ch in range(3):
+      bit = (labels >> (3 * j + ch)) & 1
+      palette[:, ch] |= bit << (7 - j)
+  return palette.astype(np.uint8)
+
+
+def save_palette_png(path, mask):
+  """Saves a uint8 [H, W] label map as an indexed ('P') PNG with the VOC palette, atomically."""
+  mask = np.asarray(mask)
+  if mask.ndim != 2 or mask.dtype != np.uint8:
+    raise ValueError(f'{path}: expected a uint8 [H, W] mask, got {mask.dtype} {mask.shape}')
+  img = Image.fromarray(np.ascontiguousarray(mask))  # mode 'L'; putpalette turns it into 'P'
+  img.putpalette(voc_palette().tobytes())
+  with atomic_path(path) as tmp:
+    img.save(tmp, format='PNG')
+
+
+def load_mask_png(path):
+  """Loads a label map PNG (palette indices or grey levels) as uint8 [H, W]."""
+  try:
+    with Image.open(path) as img:
+      mode = img.mode
+      mask = np.array(img, dtype=np.uint8) if mode in ('P', 'L') else None
+  except FileNotFoundError:
+    raise
+  except (OSError, ValueError, SyntaxError) as e:
+    raise ValueError(f'cannot read mask {path}: {e}') from e
+  if mask is None:
+    raise ValueError(
+        f'mask {path} has mode {mode!r}; expected a palette (P) or greyscale (L) PNG of '
+        'label indices, not a colour image')
+  return mask

@@ -1,0 +1,92 @@
+"""The RecurSeed network (METHOD.md section 1) and a plain DeepLab segmenter for multi-stage.
+
+Top-level parameter names: `backbone` (ResNet, see resnet.py), `classifier` (the CAM 1x1 conv),
+`seg_head` (DeepLabV3PlusHead) in RecurSeedNet; `backbone`, `head` in DeepLabNet.
+"""
+
+from typing import Any, Dict, Optional, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from recurseed_jax.models.deeplab import DeepLabV2Head
+from recurseed_jax.models.deeplab import DeepLabV3PlusHead
+from recurseed_jax.models.resnet import ResNet
+
+
+class RecurSeedNet(nn.Module):
+  """Shared ResNet backbone, a CAM classification head and a DeepLabv3+ segmentation head.
+
+  `__call__(x, train=False)` maps images [B, H, W, 3] to a dict:
+    features: the backbone dict {'stage2'..'stage5'} (compute dtype, not cast).
+    cam: [B, H/os, W/os, C] float32, the classifier's map (the CAM, before any ReLU).
+    logits: [B, C] float32, the spatial mean of `cam`.
+    seg: [B, H/4, W/4, C + 1] float32, channel 0 = background.
+  """
+  num_classes: int
+  stage_sizes: Sequence[int] = (3, 4, 6, 3)
+  width: int = 64
+  output_stride: int = 16
+  aspp_channels: int = 256
+  aspp_rates: Sequence[int] = (6, 12, 18)
+  low_level_channels: int = 48
+  decoder_channels: int = 256
+  aspp_dropout: float = 0.5
+  decoder_dropout: Sequence[float] = (0.5, 0.1)
+  dtype: Any = jnp.float32
+  bn_axis_name: Optional[str] = None
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, train: bool = False) -> Dict[str, Any]:
+    features = ResNet(tuple(self.stage_sizes), self.width, self.output_stride, self.dtype,
+                      self.bn_axis_name, name='backbone')(x, train)
+    # PSA/IRN-style CAM classifier: bias-free 1x1 conv, xavier init.
+    cam = nn.Conv(self.num_classes, (1, 1), use_bias=False, dtype=self.dtype,
+                  kernel_init=nn.initializers.xavier_uniform(),
+                  name='classifier')(features['stage5']).astype(jnp.float32)
+    seg = DeepLabV3PlusHead(
+        self.num_classes + 1, self.aspp_channels, tuple(self.aspp_rates),
+        self.low_level_channels, self.decoder_channels, self.aspp_dropout,
+        tuple(self.decoder_dropout), self.dtype, self.bn_axis_name,
+        name='seg_head')(features['stage5'], features['stage2'], train)
+    return dict(features=features, cam=cam, logits=jnp.mean(cam, axis=(1, 2)),
+                seg=seg.astype(jnp.float32))
+
+
+class DeepLabNet(nn.Module):
+  """ResNet + one DeepLab head with C + 1 outputs, for multi-stage training on pseudo masks.
+
+  `__call__(x, train=False)` returns dict(features, seg); seg is float32 at stride 4 for
+  head='v3plus' and at `output_stride` for head='v2'.
+  """
+  num_classes: int
+  stage_sizes: Sequence[int] = (3, 4, 23, 3)
+  width: int = 64
+  output_stride: int = 16
+  head: str = 'v3plus'
+  aspp_channels: int = 256
+  aspp_rates: Sequence[int] = (6, 12, 18)
+  low_level_channels: int = 48
+  decoder_channels: int = 256
+  aspp_dropout: float = 0.5
+  decoder_dropout: Sequence[float] = (0.5, 0.1)
+  v2_rates: Sequence[int] = (6, 12, 18, 24)
+  dtype: Any = jnp.float32
+  bn_axis_name: Optional[str] = None
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, train: bool = False) -> Dict[str, Any]:
+    features = ResNet(tuple(self.stage_sizes), self.width, self.output_stride, self.dtype,
+                      self.bn_axis_name, name='backbone')(x, train)
+    if self.head == 'v3plus':
+      seg = DeepLabV3PlusHead(
+          self.num_classes + 1, self.aspp_channels, tuple(self.aspp_rates),
+          self.low_level_channels, self.decoder_channels, self.aspp_dropout,
+          tuple(self.decoder_dropout), self.dtype, self.bn_axis_name,
+          name='head')(features['stage5'], features['stage2'], train)
+    elif self.head == 'v2':
+      seg = DeepLabV2Head(self.num_classes + 1, tuple(self.v2_rates), self.dtype,
+                          name='head')(features['stage5'], train)
+    else:
+      raise ValueError(f"head must be 'v3plus' or 'v2', got {self.head!r}")
+    return dict(features=features, seg=seg.astype(jnp.float32))

@@ -1,0 +1,121 @@
+"""Tests for recurseed_jax.crf."""
+
+import os
+
+import ml_collections
+import numpy as np
+import pytest
+
+from recurseed_jax import crf
+from recurseed_jax import io_utils
+
+PARAMS = dict(iterations=10, bi_weight=4, bi_xy_std=67, bi_rgb_std=3, pos_weight=3, pos_xy_std=1)
+
+
+def _scene(seed=0, h=48, w=64):
+  """Three flat-coloured regions with pixel noise, and a noisy, oddly smoothed unary."""
+  rng = np.random.default_rng(seed)
+  yy, xx = np.mgrid[:h, :w]
+  gt = np.zeros((h, w), np.int64)
+  gt[(yy - h // 2) ** 2 + (xx - w // 3) ** 2 < (h // 3) ** 2] = 1
+  gt[(xx > 2 * w // 3) & (yy > h // 5) & (yy < 4 * h // 5)] = 2
+  colours = np.array([[30, 120, 40], [200, 40, 40], [40, 60, 210]], np.float32)
+  image = np.clip(colours[gt] + rng.normal(0, 2, (h, w, 3)), 0, 255).astype(np.uint8)
+  probs = np.full((h, w, 3), 0.2)
+  probs[yy, xx, gt] = 0.6
+  probs = probs + rng.uniform(0, 1.0, probs.shape)
+  probs = (probs + np.roll(probs, 3, axis=1) + np.roll(probs, -2, axis=0)) / 3  # shifted blur
+  return image, probs, gt
+
+
+def _miou(pred, gt, n):
+  return np.mean([((pred == c) & (gt == c)).sum() / ((pred == c) | (gt == c)).sum()
+                  for c in range(n)])
+
+
+def test_params_from_config():
+  cfg = ml_collections.ConfigDict(dict(PARAMS, workers=2))
+  params = crf.crf_params_from_config(cfg)
+  assert params == {k: float(v) for k, v in PARAMS.items()} | {'iterations': 10}
+  assert isinstance(params['iterations'], int)
+
+
+def test_dense_crf_beats_unary_argmax():
+  image, probs, gt = _scene()
+  q = crf.dense_crf(image, probs, **PARAMS)
+  assert q.shape == probs.shape and q.dtype == np.float32
+  np.testing.assert_allclose(q.sum(-1), 1.0, atol=1e-4)
+  before = _miou(probs.argmax(-1), gt, 3)
+  after = _miou(q.argmax(-1), gt, 3)
+  assert after > before + 0.1 and after > 0.95, (before, after)
+  # Unnormalised scores and exact zeros are fine (normalised and clipped inside).
+  scaled = crf.dense_crf(image, 5.0 * probs * (probs > 0.3), **PARAMS)
+  assert np.all(np.isfinite(scaled))
+
+
+def test_crf_label_map_keys():
+  image, probs, gt = _scene()
+  keys = np.array([7, 15])
+  out = crf.crf_label_map(image, probs, keys, **PARAMS)
+  assert out.dtype == np.uint8 and out.shape == gt.shape
+  assert set(np.unique(out).tolist()) <= {0, 7, 15}
+  lut = np.array([0, 7, 15])
+  assert (out == lut[gt]).mean() > 0.97
+  empty = crf.crf_label_map(image, probs[..., :1], np.zeros([0], np.int64), **PARAMS)
+  assert empty.shape == gt.shape and not empty.any()
+  with pytest.raises(ValueError, match='1 \\+ K'):
+    crf.crf_label_map(image, probs, [3], **PARAMS)
+
+
+def _items(n, bad=None):
+  for i in range(n):
+    image, probs, _ = _scene(seed=i, h=24, w=32)
+    keys = [i % 20 + 1, 20 - i % 20]
+    if i == bad:
+      probs = probs[..., :2]  # wrong channel count -> ValueError inside the worker
+    yield f'img_{i:03d}', image, probs.astype(np.float32), keys
+
+
+def _tmp_files(folder):
+  return [n for n in os.listdir(folder) if '.tmp' in n]
+
+
+def test_run_crf_pool_resume_and_errors(tmp_path):
+  out = tmp_path / 'crf'
+  out.mkdir()
+  stray = out / io_utils.temp_path_for(out / 'img_002.png').split(os.sep)[-1]
+  stray.write_bytes(b'half a png')
+  ahead = []
+
+  def watched(items):  # how far the generator runs ahead of the PNGs on disk
+    for i, item in enumerate(items):
+      ahead.append(i - len([n for n in os.listdir(out) if n.endswith('.png')]))
+      yield item
+
+  stats = crf.run_crf(watched(_items(7)), str(out), params=PARAMS, workers=2)
+  assert max(ahead) <= 4  # at most 2 * workers in flight
+  assert stats['written'] == 7 and stats['skipped'] == 0 and stats['seconds'] > 0
+  names = sorted(os.listdir(out))
+  assert names == [f'img_{i:03d}.png' for i in range(7)]
+  mask = io_utils.load_mask_png(out / 'img_003.png')
+  assert set(np.unique(mask).tolist()) <= {0, 4, 17}
+  mtimes = {n: os.stat(out / n).st_mtime_ns for n in names}
+
+  stats = crf.run_crf(_items(7), str(out), params=PARAMS, workers=2)
+  assert stats['written'] == 0 and stats['skipped'] == 7
+  assert {n: os.stat(out / n).st_mtime_ns for n in names} == mtimes
+
+  # Inline path matches the pool's output.
+  inline = tmp_path / 'inline'
+  crf.run_crf(_items(2), str(inline), params=PARAMS, workers=0)
+  for n in os.listdir(inline):
+    np.testing.assert_array_equal(io_utils.load_mask_png(inline / n),
+                                  io_utils.load_mask_png(out / n))
+
+  bad_out = tmp_path / 'bad'
+  with pytest.raises(RuntimeError, match='img_004'):
+    crf.run_crf(_items(6, bad=4), str(bad_out), params=PARAMS, workers=2)
+  assert not os.path.exists(bad_out / 'img_004.png')
+  assert not _tmp_files(out) and not _tmp_files(bad_out)
+  with pytest.raises(RuntimeError, match='img_001'):
+    crf.run_crf(_items(3, bad=1), str(tmp_path / 'bad0'), params=PARAMS, workers=0)

@@ -1,0 +1,102 @@
+"""Tests for recurseed_jax.evaluate."""
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+from recurseed_jax import evaluate
+from recurseed_jax import io_utils
+
+
+def _slow_confusion(pred, gt, n, ignore=255):
+  conf = np.zeros((n, n), np.int64)
+  for p, g in zip(pred.ravel().tolist(), gt.ravel().tolist()):
+    if g != ignore:
+      conf[g, p] += 1
+  return conf
+
+
+def test_confusion_matches_per_pixel_loop():
+  rng = np.random.default_rng(0)
+  n = 6
+  for _ in range(3):
+    gt = rng.integers(0, n, (31, 47)).astype(np.uint8)
+    gt[rng.random(gt.shape) < 0.2] = 255
+    pred = rng.integers(0, n, gt.shape).astype(np.uint8)
+    pred[gt == 255] = 255  # out-of-range predictions under ignore pixels are fine
+    conf = evaluate.confusion_matrix(pred, gt, n)
+    assert conf.dtype == np.int64 and conf.shape == (n, n)
+    np.testing.assert_array_equal(conf, _slow_confusion(pred, gt, n))
+    assert conf.sum() == (gt != 255).sum()
+
+
+def test_perfect_prediction_and_absent_classes():
+  gt = np.zeros((10, 10), np.uint8)
+  gt[:5] = 1
+  gt[7:, 7:] = 3
+  gt[0, 0] = 255
+  s = evaluate.scores(evaluate.confusion_matrix(gt.copy(), gt, 5))
+  assert s['miou'] == 1.0 and s['pixel_acc'] == 1.0
+  assert math.isnan(s['iou'][2]) and math.isnan(s['iou'][4])  # absent from gt and pred
+  assert s['fp'][1] == 0.0 and s['fn'][3] == 0.0
+
+
+def test_scores_values():
+  # rows gt, cols pred: class 0 tp 6, fn 2 (predicted 1), fp 1; class 1 tp 3, fp 2, fn 1.
+  conf = np.array([[6, 2, 0], [1, 3, 0], [0, 0, 0]])
+  s = evaluate.scores(conf)
+  np.testing.assert_allclose(s['iou'][:2], [6 / 9, 3 / 6])
+  np.testing.assert_allclose(s['fp'][:2], [1 / 9, 2 / 6])
+  np.testing.assert_allclose(s['fn'][:2], [2 / 9, 1 / 6])
+  assert math.isnan(s['iou'][2])
+  assert s['miou'] == pytest.approx((6 / 9 + 3 / 6) / 2)
+  assert s['pixel_acc'] == pytest.approx(9 / 12)
+  table = evaluate.format_table(s, ['bg', 'a', 'b'])
+  assert '| a | 50.0 | 0.333 | 0.167 |' in table and '| b | - | - | - |' in table
+  assert table.splitlines()[-1].startswith('| **mean** | **58.3**')
+
+
+def test_confusion_errors():
+  gt = np.zeros((4, 4), np.uint8)
+  with pytest.raises(ValueError, match='prediction labels'):
+    evaluate.confusion_matrix(np.full((4, 4), 7, np.uint8), gt, 5)
+  with pytest.raises(ValueError, match='shape'):
+    evaluate.confusion_matrix(np.zeros((4, 5), np.uint8), gt, 5)
+  with pytest.raises(ValueError, match='ground-truth labels'):
+    evaluate.confusion_matrix(gt, np.full((4, 4), 9, np.uint8), 5)
+
+
+def test_evaluate_dirs_and_cli(tmp_path, capsys):
+  rng = np.random.default_rng(1)
+  pred_dir, gt_dir = tmp_path / 'pred', tmp_path / 'gt'
+  pred_dir.mkdir()
+  gt_dir.mkdir()
+  total = np.zeros((4, 4), np.int64)
+  for i in range(3):
+    gt = rng.integers(0, 4, (9, 13)).astype(np.uint8)
+    gt[0] = 255
+    pred = np.where(rng.random(gt.shape) < 0.7, gt, rng.integers(0, 4, gt.shape)).astype(np.uint8)
+    pred[gt == 255] = 0
+    io_utils.save_palette_png(gt_dir / f'im{i}.png', gt)
+    io_utils.save_palette_png(pred_dir / f'im{i}.png', pred)
+    total += _slow_confusion(pred, gt, 4)
+  s = evaluate.evaluate_dirs(str(pred_dir), str(gt_dir), 4)
+  assert s['num_images'] == 3
+  assert s['miou'] == pytest.approx(evaluate.scores(total)['miou'])
+
+  out = tmp_path / 'scores.json'
+  evaluate.main(['--pred', str(pred_dir), '--gt', str(gt_dir), '--num-classes', '3',
+                 '--out', str(out)])
+  assert '| **mean** |' in capsys.readouterr().out
+  assert json.loads(out.read_text())['miou'] == pytest.approx(s['miou'])
+
+  # Size mismatch names both files; a missing prediction names the file.
+  io_utils.save_palette_png(pred_dir / 'im1.png', np.zeros((5, 5), np.uint8))
+  with pytest.raises(ValueError, match=r'im1\.png.*gt.*im1\.png'):
+    evaluate.evaluate_dirs(str(pred_dir), str(gt_dir), 4)
+  os.remove(pred_dir / 'im2.png')
+  with pytest.raises(FileNotFoundError, match=r'im2\.png'):
+    evaluate.evaluate_dirs(str(pred_dir), str(gt_dir), 4, ids=['im0', 'im2'])
