@@ -87,7 +87,7 @@ def get_config():
   # --- optimisation (METHOD.md section 4) -------------------------------------------------------
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 0.1
-  c.optim.head_lr_mult = 10.0        # new heads (classifier, DeepLab head) with a pretrained backbone
+  c.optim.head_lr_mult = 1.0         # 10 on VOC (new heads on a pretrained backbone); 1 from scratch
   c.optim.momentum = 0.9
   c.optim.nesterov = True
   c.optim.weight_decay = 1e-4        # not on biases nor BatchNorm
