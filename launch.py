@@ -52,8 +52,9 @@ def main(argv):
     _fail(str(e))
   workdir = FLAGS.workdir
   _check_workdir(workdir)
-  with open(os.path.join(workdir, 'config.json'), 'w') as f:
-    f.write(config.to_json_best_effort(indent=2))
+  from recurseed_jax import io_utils
+  io_utils.atomic_write_bytes(os.path.join(workdir, 'config.json'),
+                              config.to_json_best_effort(indent=2).encode())
   from data_pipeline import datasets
   try:
     data = datasets.build(config, workdir)

@@ -1,11 +1,13 @@
 """The embedded synthetic WSSS benchmark.
 
-Hard in the way real WSSS is hard: every object is a large textured *body* whose colour and shape
-say nothing about its class (bodies are drawn from one shared pool), plus a small class-specific
-*marker* (a two-colour pattern). A classifier trained on image labels only needs the marker, so
-its CAM lights the marker and a blur around it and misses most of the body (non-detection), while
-the exact masks cover the whole body. Background clutter (grey shapes and marker-free body-like
-blobs) keeps "any saturated blob" from being a shortcut for "object here".
+Hard in the way real WSSS is hard: every object is a large textured *body* plus a small
+class-specific *marker* (a two-colour pattern). The marker alone identifies the class; the body
+only narrows it down: its colour is one of two pool colours, each shared by two neighbouring
+classes, and its shape is random. Like a real object's discriminative part against the rest of
+it, the marker is what a classifier trained on image labels relies on, so its CAM peaks on the
+marker and fades over the body (non-detection), while the exact masks cover the whole body.
+Background clutter (grey shapes and marker-free body-coloured blobs) keeps "a coloured blob" from
+being a shortcut for "object here".
 
 The set is a pure function of its parameters: it is generated once into a cache folder named by
 their hash and reused. Files: `<root>/{train,val}.npz` with `images` uint8 [N,S,S,3], `masks`
@@ -32,11 +34,11 @@ _MARKER_COLOURS = [
     ((0, 0, 0), (255, 0, 255)),
 ]
 _MARKER_KINDS = ('checker', 'hstripe', 'vstripe', 'ring')
-# Body colours, shared by all classes (muted, so markers stand out).
+# Body colours (muted, so markers stand out); class c uses pool[c] or pool[c + 1].
 _BODY_POOL = np.array([(170, 90, 60), (60, 140, 90), (70, 90, 170), (160, 150, 60),
                        (130, 70, 140), (60, 150, 150)], np.float32)
 
-VERSION = 1
+VERSION = 2
 
 
 def class_names(num_classes):
@@ -124,7 +126,7 @@ def make_image(rng, num_classes, s):
         break
     else:
       continue
-    body = _BODY_POOL[rng.integers(len(_BODY_POOL))] + rng.normal(0, 12, 3)
+    body = _BODY_POOL[(c + rng.integers(2)) % len(_BODY_POOL)] + rng.normal(0, 8, 3)
     tex = 10 * _smooth_noise(rng, s, 6)[..., None]
     img[m] = (body + tex[m].reshape(-1, 1) * np.ones(3)).clip(0, 255)
     mask[m] = c + 1
