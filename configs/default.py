@@ -52,7 +52,7 @@ def get_config():
 
   # --- RecurSeed (METHOD.md section 2) ----------------------------------------------------------
   c.rs = ml_collections.ConfigDict()
-  c.rs.cam_only_steps = 150          # seeds come from the CAM before this step, from the seg head after
+  c.rs.cam_only_steps = 300          # seeds come from the CAM before this step, from the seg head after
   c.rs.seed_mix = 0.0                # after the switch: seed = (1 - mix) * seg seed + mix * CAM seed
   c.rs.refine = 'scg'                # 'scg' | 'pamr' | 'none'
   c.rs.refine_stride = 4             # resolution (crop / stride) at which seeds are refined
@@ -80,7 +80,7 @@ def get_config():
   # --- CertainMix (METHOD.md section 3) ---------------------------------------------------------
   c.mix = ml_collections.ConfigDict()
   c.mix.kind = 'certainmix'          # 'certainmix' | 'classmix' | 'none'
-  c.mix.start_step = 300
+  c.mix.start_step = 400
   c.mix.class_prob = 0.5             # each present class of the pasted image is pasted with this prob.
   c.mix.min_area = 0.01              # a class keeps its image label while it covers this pixel fraction
 
@@ -102,6 +102,7 @@ def get_config():
   c.train.checkpoint_every = 200
   c.train.keep_checkpoints = 2
   c.train.upper_bound = True         # also train the same net on true masks (the demo's ceiling)
+  c.train.cam_baseline = True        # also train it on the classification loss alone (plain CAMs)
 
   # --- inference to seeds (METHOD.md section 5) -------------------------------------------------
   c.infer = ml_collections.ConfigDict()

@@ -53,14 +53,21 @@ def parse_stages(text):
 
 
 # --- train -------------------------------------------------------------------------------------
+# (workdir subfolder, supervision, config switch or None): the RecurSeed network, the plain-CAM
+# baseline (classification loss only) and the fully supervised upper bound.
+RUNS = (('train', 'weak', None), ('cam_baseline', 'cam', 'cam_baseline'),
+        ('upper_bound', 'full', 'upper_bound'))
+
+
+def _enabled_runs(config):
+  return [(name, sup) for name, sup, switch in RUNS if switch is None or config.train[switch]]
+
+
 def stage_train(run):
-  cfg = run.config
   data = run.data.split('train')
-  train_lib.train(cfg, run.path('train'), data, supervision='weak', desc='train RecurSeed',
-                  data_iter_fn=lambda start: run.data.train_batches(start))
-  if cfg.train.upper_bound:
-    train_lib.train(cfg, run.path('upper_bound'), data, supervision='full',
-                    desc='train upper bound', data_iter_fn=lambda start: run.data.train_batches(start))
+  for name, supervision in _enabled_runs(run.config):
+    train_lib.train(run.config, run.path(name), data, supervision=supervision,
+                    desc=f'train ({name})', data_iter_fn=run.data.train_batches)
 
 
 # --- seeds -------------------------------------------------------------------------------------
@@ -79,27 +86,42 @@ def _infer_split(run, workdir, split, use_labels, desc):
       yield out
 
 
-def stage_seeds(run):
-  """CAM and RecurSeed seeds of the training images; val predictions of the seg head(s)."""
-  os.makedirs(run.path('seeds'), exist_ok=True)
-  n_train = len(run.data.split('train')['images'])
-  cam_q, rs_q = None, None
-  for start, stop, keep, cam, seg in _infer_split(run, run.path('train'), 'train', True,
-                                                  'seeds (train)'):
+def _train_seeds(run, name, with_seg):
+  """uint8 seeds of the training images from the model in `name`: its CAM and its seg head."""
+  n = len(run.data.split('train')['images'])
+  cam_q, seg_q = None, None
+  for start, stop, keep, cam, seg in _infer_split(run, run.path(name), 'train', True,
+                                                  f'seeds ({name})'):
     if cam_q is None:
-      cam_q = np.zeros((n_train,) + cam.shape[1:], np.uint8)
-      rs_q = np.zeros_like(cam_q)
+      cam_q = np.zeros((n,) + cam.shape[1:], np.uint8)
+      seg_q = np.zeros_like(cam_q) if with_seg else None
     cam_q[start:stop] = infer.quantize(cam)
-    rs_q[start:stop] = infer.quantize(infer.seg_scores(seg, keep))
-  io_utils.save_npz(run.path('seeds', 'train.npz'), cam=cam_q, rs=rs_q)
-  sources = [('val', run.path('train'))]
+    if with_seg:
+      seg_q[start:stop] = infer.quantize(infer.seg_scores(seg, keep))
+  return cam_q, seg_q
+
+
+def stage_seeds(run):
+  """Seeds of the training images; val predictions of the segmentation head(s).
+
+  seeds/train.npz holds `rs` (RecurSeed: the segmentation head's seed), `rs_cam` (the CAM head
+  of the same network) and, when the baseline is trained, `cam` (the plain CAM baseline).
+  """
+  os.makedirs(run.path('seeds'), exist_ok=True)
+  arrays = {}
+  arrays['rs_cam'], arrays['rs'] = _train_seeds(run, 'train', with_seg=True)
+  if run.config.train.cam_baseline:
+    arrays['cam'], _ = _train_seeds(run, 'cam_baseline', with_seg=False)
+  io_utils.save_npz(run.path('seeds', 'train.npz'), **arrays)
+  sources = [('val', 'train')]
   if run.config.train.upper_bound:
-    sources.append(('val_upper_bound', run.path('upper_bound')))
-  for name, wd in sources:
+    sources.append(('val_upper_bound', 'upper_bound'))
+  for out_name, name in sources:
     preds = []
-    for _, _, keep, _, seg in _infer_split(run, wd, 'val', False, f'predict ({name})'):
+    for _, _, keep, _, seg in _infer_split(run, run.path(name), 'val', False,
+                                           f'predict val ({name})'):
       preds.append(np.asarray(infer.segmentation_label_map(seg, keep)))
-    io_utils.save_npz(run.path('seeds', f'{name}.npz'), pred=np.concatenate(preds))
+    io_utils.save_npz(run.path('seeds', f'{out_name}.npz'), pred=np.concatenate(preds))
 
 
 # --- crf ---------------------------------------------------------------------------------------
@@ -138,10 +160,13 @@ def stage_evaluate(run):
   train, val = run.data.split('train'), run.data.split('val')
   seeds = np.load(run.path('seeds', 'train.npz'), allow_pickle=False)
   results = {}
-  for key, q in (('cam_seed', seeds['cam']), ('rs_seed', seeds['rs'])):
+  for key in ('cam', 'rs_cam', 'rs'):
+    if key not in seeds:
+      continue
+    q = seeds[key]
     preds = (np.asarray(infer.seed_label_map(infer.dequantize(q[i:i + 64]), cfg.infer.bg_power))
              for i in range(0, len(q), 64))
-    results[key] = _miou((p for batch in preds for p in batch), train['masks'], labels)
+    results[f'{key}_seed'] = _miou((p for batch in preds for p in batch), train['masks'], labels)
   masks = (io_utils.load_mask_png(run.path('pseudo_masks', f'{i}.png')) for i in train['ids'])
   results['pseudo_mask'] = _miou(masks, train['masks'], labels)
   results['val'] = _miou(np.load(run.path('seeds', 'val.npz'))['pred'], val['masks'], labels)
@@ -216,7 +241,9 @@ def finalize_summary(run):
 
 
 def format_summary(summary):
-  rows = [('CAM seed (train)', 'cam_seed_miou'), ('RecurSeed seed (train)', 'rs_seed_miou'),
+  rows = [('CAM seed, plain-CAM baseline (train)', 'cam_seed_miou'),
+          ('CAM seed, RecurSeed network (train)', 'rs_cam_seed_miou'),
+          ('RecurSeed seed (train)', 'rs_seed_miou'),
           ('pseudo masks after CRF (train)', 'pseudo_mask_miou'),
           ('segmentation head (val)', 'val_miou'),
           ('fully supervised upper bound (val)', 'upper_bound_val_miou')]

@@ -18,6 +18,7 @@ import optax
 from tqdm import tqdm
 
 from recurseed_jax import checkpoint as ckpt_lib
+from recurseed_jax import io_utils
 from recurseed_jax import method
 from recurseed_jax import models
 
@@ -121,14 +122,26 @@ def make_seed(config, out, images, labels, valid, step):
   return seed, hard
 
 
+SUPERVISIONS = ('weak', 'cam', 'full')
+
+
 def make_train_step(config, model, supervision='weak'):
-  """Builds the pure step. `supervision='full'` trains on the true masks (the upper bound)."""
+  """Builds the pure step.
+
+  supervision: 'weak' (RecurSeed, image labels only), 'cam' (the plain-CAM baseline: the
+  classification loss alone) or 'full' (the true masks: the upper bound).
+  """
+  if supervision not in SUPERVISIONS:
+    raise ValueError(f'supervision={supervision!r} is not one of {SUPERVISIONS}')
+
   def forward(params, batch_stats, images, rng):
     out, mutated = model.apply({'params': params, 'batch_stats': batch_stats}, images,
                                train=True, mutable=['batch_stats'], rngs={'dropout': rng})
     return out, mutated['batch_stats']
 
   def step_fn(state, batch, rng, use_mix=False):
+    if use_mix and supervision != 'weak':
+      raise ValueError('mixing needs seeds: use_mix only with supervision="weak"')
     rng = jax.random.fold_in(rng, state.step)
     r_drop, r_mix, r_drop2 = jax.random.split(rng, 3)
     images, labels, valid = batch['image'], batch['label'], batch['valid']
@@ -136,6 +149,9 @@ def make_train_step(config, model, supervision='weak'):
 
     def loss_fn(params):
       out, stats = forward(params, state.batch_stats, images, r_drop)
+      if supervision == 'cam':
+        cls = method.multilabel_soft_margin(out['logits'], labels)
+        return cls, (stats, dict(cls=cls, loss=cls))
       metrics = {}
       if supervision == 'full':
         hard = batch['mask']
@@ -200,6 +216,7 @@ def train(config, workdir, data, *, supervision='weak', desc='train', data_iter_
     jit_step = jax.jit(step_fn, static_argnames=('use_mix',), donate_argnums=(0,))
     batches = data_iter_fn(start)
     log_path = os.path.join(workdir, 'metrics.jsonl')
+    _truncate_log(log_path, start)
     t0 = time.time()
     bar = tqdm(range(start, total), desc=desc, initial=start, total=total, dynamic_ncols=True)
     for step in bar:
@@ -217,6 +234,21 @@ def train(config, workdir, data, *, supervision='weak', desc='train', data_iter_
                                                     if 'seed_coverage' in m else {}))
       ckpts.save(done, state.saveable(), force=done == total)
   return {'params': state.params, 'batch_stats': state.batch_stats}
+
+
+def _truncate_log(path, step):
+  """Drops log lines past the checkpoint a run resumes from (they will be logged again)."""
+  if not os.path.exists(path):
+    return
+  keep = []
+  with open(path) as f:
+    for line in f:
+      try:
+        if json.loads(line)['step'] <= step:
+          keep.append(line)
+      except (ValueError, KeyError):  # a line cut short by a kill
+        pass
+  io_utils.atomic_write_bytes(path, ''.join(keep).encode())
 
 
 def restore_variables(config, workdir, num_classes):

@@ -35,6 +35,14 @@ def validate(config):
       raise ValueError(f'config.rs.scg.levels has {lvl}; backbone stages are 2, 3, 4, 5')
   if config.model.output_stride not in (8, 16, 32):
     raise ValueError(f'config.model.output_stride={config.model.output_stride} must be 8, 16 or 32')
+  if config.rs.refine_stride <= 0:
+    raise ValueError(f'config.rs.refine_stride={config.rs.refine_stride} must be positive')
+  if config.rs.refine == 'scg' and not config.rs.scg.levels:
+    raise ValueError("config.rs.scg.levels is empty; rs.refine='scg' needs some of 2, 3, 4, 5")
+  if config.infer.batch_size <= 0:
+    raise ValueError(f'config.infer.batch_size={config.infer.batch_size} must be positive')
+  if any(float(s) <= 0 for s in config.infer.scales):
+    raise ValueError(f'config.infer.scales={tuple(config.infer.scales)} must all be positive')
   crop = config.data.crop_size
   for key, stride in (('rs.refine_stride', config.rs.refine_stride),
                       ('model.output_stride', config.model.output_stride)):

@@ -1,0 +1,328 @@
+"""Tests for recurseed_jax.infer against slow, obvious numpy references.
+
+The pure functions are checked on random inputs; `make_predict_fn` and `run_inference` use one
+tiny RecurSeedNet (width 8, 'rbg' init key) at 32 x 32 with a batch of 4, so the handful of
+compiled shapes is shared between tests.
+"""
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import default
+from recurseed_jax import infer
+from recurseed_jax import models
+
+NUM_CLASSES = 5
+SIZE = 32
+BATCH = 4
+SCALES = (1.0, 0.5)
+
+
+# --- numpy references (loops on purpose) -------------------------------------------------------
+
+
+def np_normalized_scores(fg, keep, eps=1e-5):
+  b, _, _, c = fg.shape
+  out = np.zeros(fg.shape, np.float64)
+  for i in range(b):
+    for k in range(c):
+      a = np.maximum(fg[i, :, :, k].astype(np.float64), 0.0) * keep[i, k]
+      out[i, :, :, k] = a / (a.max() + eps)
+  return out
+
+
+def np_seed_with_background(scores, bg_power=2.0):
+  b, h, w, c = scores.shape
+  out = np.zeros((b, h, w, c + 1), np.float64)
+  for i in range(b):
+    for y in range(h):
+      for x in range(w):
+        out[i, y, x, 0] = (1.0 - max(scores[i, y, x])) ** bg_power
+        out[i, y, x, 1:] = scores[i, y, x]
+  return out
+
+
+def np_argmax_first(values):
+  best, arg = -math.inf, 0
+  for k, v in enumerate(values):
+    if v > best:
+      best, arg = v, k
+  return arg
+
+
+def np_seed_label_map(scores, bg_power=2.0):
+  seed = np_seed_with_background(scores, bg_power)
+  b, h, w, _ = seed.shape
+  out = np.zeros((b, h, w), np.uint8)
+  for i in range(b):
+    for y in range(h):
+      for x in range(w):
+        out[i, y, x] = np_argmax_first(seed[i, y, x])
+  return out
+
+
+def np_segmentation_label_map(seg, keep):
+  b, h, w, c1 = seg.shape
+  out = np.zeros((b, h, w), np.uint8)
+  for i in range(b):
+    allowed = [0] + [k + 1 for k in range(c1 - 1) if keep[i, k] > 0]
+    for y in range(h):
+      for x in range(w):
+        best = max(allowed, key=lambda k: (seg[i, y, x, k], -k))  # first of equal maxima
+        out[i, y, x] = best
+  return out
+
+
+def np_quantize(x):
+  out = np.zeros(x.shape, np.uint8)
+  for idx in np.ndindex(x.shape):
+    v = min(max(float(x[idx]), 0.0), 1.0)
+    out[idx] = int(np.round(np.float32(v) * np.float32(255)))
+  return out
+
+
+def np_resize(x, size):
+  """Bilinear, align_corners=False, no antialias (torch F.interpolate)."""
+  b, h, w, c = x.shape
+  hh, ww = size
+  if (hh, ww) == (h, w):
+    return x.astype(np.float64)
+  out = np.zeros((b, hh, ww, c), np.float64)
+
+  def src(i, n_in, n_out):
+    s = max((i + 0.5) * n_in / n_out - 0.5, 0.0)
+    i0 = min(int(math.floor(s)), n_in - 1)
+    return i0, min(i0 + 1, n_in - 1), s - i0
+
+  for y in range(hh):
+    y0, y1, ly = src(y, h, hh)
+    for xx in range(ww):
+      x0, x1, lx = src(xx, w, ww)
+      out[:, y, xx] = ((1 - ly) * (1 - lx) * x[:, y0, x0] + (1 - ly) * lx * x[:, y0, x1] +
+                       ly * (1 - lx) * x[:, y1, x0] + ly * lx * x[:, y1, x1])
+  return out
+
+
+def np_softmax(x):
+  e = np.exp(x - x.max(axis=-1, keepdims=True))
+  return e / e.sum(axis=-1, keepdims=True)
+
+
+# --- the pure functions ------------------------------------------------------------------------
+
+
+def _keep(rng, b, c):
+  keep = (rng.random((b, c)) < 0.6).astype(np.float32)
+  keep[0] = 0.0  # an image with no kept class
+  keep[1] = 1.0
+  return keep
+
+
+def test_normalized_scores_matches_numpy():
+  rng = np.random.default_rng(0)
+  fg = rng.normal(size=(3, 6, 7, NUM_CLASSES)).astype(np.float32)
+  fg[2, ..., 3] = -1.0  # an all-negative kept map gives zeros, not NaN
+  keep = _keep(rng, 3, NUM_CLASSES)
+  keep[2, 3] = 1.0
+  out = np.asarray(infer.normalized_scores(jnp.asarray(fg), jnp.asarray(keep)))
+  np.testing.assert_allclose(out, np_normalized_scores(fg, keep), rtol=1e-6, atol=1e-7)
+  assert np.all(out >= 0) and np.all(out <= 1)
+  assert not out[0].any()
+
+
+def test_seed_with_background_matches_numpy():
+  rng = np.random.default_rng(1)
+  scores = rng.random((2, 5, 6, NUM_CLASSES)).astype(np.float32)
+  for bg_power in (2.0, 1.0, 3.5):
+    out = np.asarray(infer.seed_with_background(jnp.asarray(scores), bg_power))
+    assert out.shape == (2, 5, 6, NUM_CLASSES + 1)
+    np.testing.assert_allclose(out, np_seed_with_background(scores, bg_power),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_seed_label_map_matches_numpy():
+  rng = np.random.default_rng(2)
+  scores = rng.random((2, 8, 9, NUM_CLASSES)).astype(np.float32) ** 3  # plenty of background
+  scores[1, 0, 0] = 0.0  # all zero: background
+  for bg_power in (2.0, 1.0):
+    out = np.asarray(infer.seed_label_map(jnp.asarray(scores), bg_power))
+    assert out.dtype == np.uint8
+    np.testing.assert_array_equal(out, np_seed_label_map(scores, bg_power))
+  assert set(np.unique(out).tolist()) == set(range(NUM_CLASSES + 1))
+  assert out[1, 0, 0] == 0
+
+
+def test_segmentation_label_map_matches_numpy():
+  rng = np.random.default_rng(3)
+  seg = np_softmax(3 * rng.normal(size=(4, 6, 7, NUM_CLASSES + 1))).astype(np.float32)
+  keep = _keep(rng, 4, NUM_CLASSES)
+  out = np.asarray(infer.segmentation_label_map(jnp.asarray(seg), jnp.asarray(keep)))
+  assert out.dtype == np.uint8
+  np.testing.assert_array_equal(out, np_segmentation_label_map(seg, keep))
+  assert not out[0].any()  # nothing kept: all background
+  for i in range(4):  # never a class that is not kept
+    assert set(np.unique(out[i]).tolist()) <= {0} | {k + 1 for k in np.flatnonzero(keep[i])}
+
+
+def test_keep_classes():
+  rng = np.random.default_rng(4)
+  prob = rng.random((6, NUM_CLASSES)).astype(np.float32)
+  prob[0, 0] = 0.34  # the threshold itself is kept
+  for threshold in (0.34, 0.5, 0.05):
+    out = np.asarray(infer.keep_classes(jnp.asarray(prob), threshold=threshold))
+    ref = np.zeros(prob.shape, np.float32)
+    for i, k in np.ndindex(prob.shape):
+      ref[i, k] = 1.0 if prob[i, k] >= np.float32(threshold) else 0.0
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, ref)
+  labels = (rng.random((6, NUM_CLASSES)) < 0.5).astype(np.uint8)
+  out = np.asarray(infer.keep_classes(jnp.asarray(prob), labels))
+  assert out.dtype == np.float32
+  np.testing.assert_array_equal(out, labels.astype(np.float32))  # labels win over probabilities
+
+
+def test_quantize_dequantize():
+  rng = np.random.default_rng(5)
+  x = rng.uniform(-0.3, 1.3, (3, 7, 5)).astype(np.float32)
+  x.flat[:6] = [0.0, 1.0, -1.0, 2.0, 0.5, 1.0 / 255]
+  q = infer.quantize(x)
+  assert q.dtype == np.uint8 and q.shape == x.shape
+  np.testing.assert_array_equal(q, np_quantize(x))
+  assert q.flat[:4].tolist() == [0, 255, 0, 255]
+  d = infer.dequantize(q)
+  assert d.dtype == np.float32
+  ref = np.zeros(q.shape, np.float32)
+  for idx in np.ndindex(q.shape):
+    ref[idx] = int(q[idx]) / 255.0
+  np.testing.assert_allclose(d, ref, rtol=1e-7)
+  np.testing.assert_allclose(d, np.clip(x, 0, 1), atol=0.5 / 255 + 1e-7)  # round trip
+  np.testing.assert_array_equal(infer.quantize(d), q)
+
+
+def test_seg_scores_matches_numpy():
+  rng = np.random.default_rng(6)
+  seg = np_softmax(2 * rng.normal(size=(3, 6, 5, NUM_CLASSES + 1))).astype(np.float32)
+  keep = _keep(rng, 3, NUM_CLASSES)
+  out = np.asarray(infer.seg_scores(jnp.asarray(seg), jnp.asarray(keep)))
+  assert out.shape == (3, 6, 5, NUM_CLASSES)
+  np.testing.assert_allclose(out, np_normalized_scores(seg[..., 1:], keep), rtol=1e-6,
+                             atol=1e-7)
+
+
+# --- make_predict_fn and run_inference on a tiny model -----------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def _model_and_variables():
+  cfg = default.get_config()
+  cfg.model.width = 8
+  model = models.build_model(cfg.model, NUM_CLASSES)
+  init = jax.jit(functools.partial(model.init, train=False))
+  variables = init(jax.random.key(0, impl='rbg'), jnp.zeros((1, SIZE, SIZE, 3), jnp.float32))
+  return model, variables
+
+
+@functools.lru_cache(maxsize=None)
+def _predict(scales, flip):
+  model, _ = _model_and_variables()
+  return infer.make_predict_fn(model, scales, flip)
+
+
+@functools.lru_cache(maxsize=None)
+def _jit_apply():
+  model, _ = _model_and_variables()
+  return jax.jit(functools.partial(model.apply, train=False))
+
+
+def _images(n=BATCH, seed=0):
+  return np.random.default_rng(seed).normal(size=(n, SIZE, SIZE, 3)).astype(np.float32)
+
+
+def _reference_predict(variables, images, scales, flip):
+  """One model call per scale and per orientation, outputs resized in numpy and averaged."""
+  apply = _jit_apply()
+  b, h, w = images.shape[:3]
+  cams, segs, probs, n = 0.0, 0.0, 0.0, 0
+  for s in scales:
+    size = (max(int(round(h * s)), 1), max(int(round(w * s)), 1))
+    x = np_resize(images, size).astype(np.float32)
+    for flipped in ((False, True) if flip else (False,)):
+      xi = x[:, :, ::-1] if flipped else x
+      out = jax.device_get(apply(variables, jnp.asarray(np.ascontiguousarray(xi))))
+      cam = np_resize(np.maximum(out['cam'], 0), (h, w))
+      seg = np_resize(np_softmax(out['seg'].astype(np.float64)), (h, w))
+      prob = 1 / (1 + np.exp(-out['logits'].astype(np.float64)))
+      if flipped:
+        cam, seg = cam[:, :, ::-1], seg[:, :, ::-1]
+      cams, segs, probs, n = cams + cam, segs + seg, probs + prob, n + 1
+  return dict(cam=cams / n, seg=segs / n, class_prob=probs / n)
+
+
+@pytest.mark.parametrize('flip', [True, False])
+def test_make_predict_fn_matches_per_pass_reference(flip):
+  _, variables = _model_and_variables()
+  images = _images()
+  out = jax.device_get(_predict(SCALES, flip)(variables, jnp.asarray(images)))
+  ref = _reference_predict(variables, images, SCALES, flip)
+  assert out['cam'].shape == (BATCH, SIZE, SIZE, NUM_CLASSES)
+  assert out['seg'].shape == (BATCH, SIZE, SIZE, NUM_CLASSES + 1)
+  assert out['class_prob'].shape == (BATCH, NUM_CLASSES)
+  for key in ('cam', 'seg', 'class_prob'):
+    np.testing.assert_allclose(out[key], ref[key], rtol=1e-5, atol=1e-5, err_msg=key)
+  np.testing.assert_allclose(out['seg'].sum(-1), 1.0, atol=1e-5)
+  assert out['cam'].min() >= 0 and out['cam'].max() > 0
+
+
+class _Progress:
+
+  def __init__(self):
+    self.updates = []
+
+  def update(self, n):
+    self.updates.append(n)
+
+
+def test_run_inference_pads_last_batch_and_matches_unbatched():
+  _, variables = _model_and_variables()
+  predict = _predict(SCALES, True)
+  n = 5
+  rng = np.random.default_rng(7)
+  images = rng.integers(0, 256, (n, SIZE, SIZE, 3), dtype=np.uint8)
+  mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+  x = (images.astype(np.float32) / 255.0 - np.float32(mean)) / np.float32(std)
+  # Unbatched: each image alone. The class threshold sits in the widest gap between the class
+  # probabilities, so float noise between batch shapes cannot flip a kept class.
+  single = [jax.device_get(predict(variables, jnp.asarray(x[i:i + 1]))) for i in range(n)]
+  probs = np.sort(np.concatenate([s['class_prob'].ravel() for s in single]))
+  gap = np.argmax(np.diff(probs))
+  threshold = float(probs[gap] + probs[gap + 1]) / 2
+  labels = (rng.random((n, NUM_CLASSES)) < 0.5).astype(np.uint8)
+
+  for use_labels in (False, True):
+    progress = _Progress()
+    outs = list(infer.run_inference(predict, variables, images, mean, std, batch_size=4,
+                                    labels=labels if use_labels else None,
+                                    class_threshold=threshold, progress=progress))
+    assert [(o[0], o[1]) for o in outs] == [(0, 4), (4, 5)]
+    assert progress.updates == [4, 1]
+    keep = np.concatenate([o[2] for o in outs])
+    cam = np.concatenate([o[3] for o in outs])
+    seg = np.concatenate([o[4] for o in outs])
+    assert keep.shape == (n, NUM_CLASSES)
+    assert cam.shape == (n, SIZE, SIZE, NUM_CLASSES)
+    assert seg.shape == (n, SIZE, SIZE, NUM_CLASSES + 1)
+    for i in range(n):
+      prob = single[i]['class_prob'][0]
+      ref_keep = labels[i].astype(np.float32) if use_labels else (prob >= threshold).astype(
+          np.float32)
+      np.testing.assert_array_equal(keep[i], ref_keep)
+      np.testing.assert_allclose(seg[i], single[i]['seg'][0], rtol=1e-5, atol=1e-6)
+      ref_cam = np_normalized_scores(single[i]['cam'], ref_keep[None])[0]
+      np.testing.assert_allclose(cam[i], ref_cam, rtol=1e-4, atol=1e-5)
+    if not use_labels:  # the gap threshold keeps some classes and drops others
+      assert 0 < keep.sum() < keep.size

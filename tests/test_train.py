@@ -1,0 +1,391 @@
+"""Tests for recurseed_jax.train, in the spirit of flax's examples/imagenet train_test.py.
+
+A tiny config (width 8, 32 x 32 crops, batch 4) keeps every compile short. Compiling train steps
+is the whole cost of this file, so each step variant is compiled once and covers one refinement
+kind: weak + CertainMix without refinement, weak + PAMR, full supervision, and weak + SCG (the
+default) inside the two `train()` runs; and XLA's slow optimisation passes are off while this
+module runs (see `_fast_compiles`).
+"""
+
+import functools
+import json
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import default
+from recurseed_jax import checkpoint as ckpt_lib
+from recurseed_jax import models
+from recurseed_jax import train
+
+NUM_CLASSES = 5
+CROP = 32
+BATCH = 4
+METRIC_KEYS = {'cls', 'cam', 'seg', 'loss', 'lr', 'seed_coverage', 'seed_precision'}
+
+
+def _config(**overrides):
+  cfg = default.get_config()
+  cfg.model.width = 8
+  cfg.data.crop_size = CROP
+  cfg.rs.refine_stride = 4
+  cfg.train.steps = 2
+  cfg.train.log_every = 1
+  cfg.train.checkpoint_every = 1
+  for key, value in overrides.items():
+    node = cfg
+    *parents, leaf = key.split('.')
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return cfg
+
+
+def _batch(seed=0):
+  """A fake batch: labels are the classes of the mask; the crop padding is invalid and 255."""
+  rng = np.random.default_rng(seed)
+  image = rng.normal(size=(BATCH, CROP, CROP, 3)).astype(np.float32)
+  mask = np.zeros((BATCH, CROP, CROP), np.int32)
+  label = np.zeros((BATCH, NUM_CLASSES), np.float32)
+  for i in range(BATCH):
+    for c in rng.choice(NUM_CLASSES, size=1 + i % 2, replace=False):
+      y, x = rng.integers(0, CROP - 12, 2)
+      mask[i, y:y + 12, x:x + 12] = c + 1
+      label[i, c] = 1.0
+    image[i][mask[i] > 0] += 1.5 * (mask[i][mask[i] > 0, None] / NUM_CLASSES)
+  valid = np.ones((BATCH, CROP, CROP), bool)
+  valid[:, :, -5:] = False  # padding of the random crop
+  mask[~valid] = 255
+  return dict(image=image, mask=mask, valid=valid, label=label)
+
+
+def _fake_out(seed=0):
+  """Random model outputs of the tiny net's shapes (OS8 CAM, stride-4 seg, SCG features)."""
+  rng = np.random.default_rng(seed)
+  os8, os4 = CROP // 8, CROP // 4
+  return dict(
+      cam=jnp.asarray(3 * rng.normal(size=(BATCH, os8, os8, NUM_CLASSES)), jnp.float32),
+      seg=jnp.asarray(4 * rng.normal(size=(BATCH, os4, os4, NUM_CLASSES + 1)), jnp.float32),
+      logits=jnp.zeros((BATCH, NUM_CLASSES), jnp.float32),
+      features={f'stage{k}': jnp.asarray(rng.normal(size=(BATCH, os8, os8, 8 * k)), jnp.float32)
+                for k in (2, 3, 4, 5)})
+
+
+_FAST_CPU_OPTIONS = {'xla_cpu_use_fusion_emitters': False}
+
+
+def _fast_compiler_options():
+  """XLA CPU options that compile this file's steps ~2x faster; None where not supported."""
+  if jax.default_backend() != 'cpu':
+    return None
+  try:
+    jax.jit(lambda x: x + 1, compiler_options=_FAST_CPU_OPTIONS)(1.0)
+  except Exception:  # pylint: disable=broad-except  (an XLA without the option)
+    return None
+  return _FAST_CPU_OPTIONS
+
+
+@pytest.fixture(scope='module', autouse=True)
+def _fast_compiles():
+  """Cheaper XLA compiles while this module runs (compiling train steps is its whole cost).
+
+  XLA skips most optimisation passes and, on CPU, the fusion emitters, also inside train(),
+  whose jax.jit calls get the options through a patched jax.jit. Same results, a fraction of
+  the compile time.
+  """
+  options = _fast_compiler_options()
+  old = jax.config.read('jax_disable_most_optimizations')
+  jax.config.update('jax_disable_most_optimizations', True)
+  with pytest.MonkeyPatch.context() as mp:
+    if options:
+      mp.setattr(jax, 'jit', functools.partial(jax.jit, compiler_options=options))
+    yield
+  jax.config.update('jax_disable_most_optimizations', old)
+
+
+def _tree_allfinite(tree):
+  return all(np.all(np.isfinite(x)) for x in jax.tree.leaves(jax.device_get(tree)))
+
+
+def _differs(a, b):
+  """Per leaf: whether two trees differ anywhere (numpy, so no per-shape op compiles)."""
+  return jax.tree.map(lambda x, y: bool(np.any(x != y)), jax.device_get(a), jax.device_get(b))
+
+
+@functools.lru_cache(maxsize=None)
+def _model_and_state():
+  """The tiny net and a step-0 TrainState, He-initialised in numpy.
+
+  Shapes come from tracing the init, so no init is compiled here (train() compiles its own
+  through create_state).
+  """
+  cfg = _config()
+  model = models.build_model(cfg.model, NUM_CLASSES)
+  shapes = jax.eval_shape(functools.partial(model.init, train=False),
+                          jax.random.key(0, impl='rbg'), jnp.zeros((1, CROP, CROP, 3)))
+  rng = np.random.default_rng(0)
+
+  def init(path, s):
+    name = jax.tree_util.keystr(path)
+    if name.endswith("['kernel']"):
+      return rng.normal(size=s.shape) * np.sqrt(2.0 / np.prod(s.shape[:-1]))
+    return np.ones(s.shape) if name.endswith("['scale']") or name.endswith("['var']") else (
+        np.zeros(s.shape))
+
+  variables = jax.tree_util.tree_map_with_path(
+      lambda p, s: jnp.asarray(init(p, s), jnp.float32), shapes)
+  params = variables['params']
+  tx = train.make_optimizer(cfg.optim, cfg.train.steps, params)
+  state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                           batch_stats=variables['batch_stats'], opt_state=tx.init(params), tx=tx)
+  return model, state
+
+
+def _one_step(cfg, supervision='weak', use_mix=False):
+  model, state = _model_and_state()
+  step = jax.jit(train.make_train_step(cfg, model, supervision), static_argnames=('use_mix',))
+  new_state, metrics = step(state, _batch(), jax.random.PRNGKey(1), use_mix=use_mix)
+  return state, new_state, {k: float(v) for k, v in jax.device_get(metrics).items()}
+
+
+def _assert_params_changed(old, new):
+  changed = _differs(old, new)
+  assert all(jax.tree.leaves(changed['backbone'])), 'a backbone parameter did not move'
+  assert all(jax.tree.leaves(changed['classifier']))
+  assert any(jax.tree.leaves(changed['seg_head']))
+
+
+# --- the train step ----------------------------------------------------------------------------
+
+
+def test_weak_step_with_mix_no_refinement():
+  cfg = _config(**{'rs.refine': 'none', 'mix.kind': 'certainmix'})
+  state, new_state, m = _one_step(cfg, use_mix=True)
+  assert set(m) == METRIC_KEYS | {'mix_cls', 'mix_cam', 'mix_seg'}
+  assert all(np.isfinite(v) for v in m.values()), m
+  np.testing.assert_allclose(
+      m['loss'], m['cls'] + m['cam'] + m['seg'] + m['mix_cls'] + m['mix_cam'] + m['mix_seg'],
+      rtol=1e-5)
+  assert 0.0 < m['seed_coverage'] <= 1.0 and 0.0 <= m['seed_precision'] <= 1.0
+  np.testing.assert_allclose(m['lr'], cfg.optim.lr, rtol=1e-6)  # step 0 of the poly decay
+  assert int(new_state.step) == int(state.step) + 1 == 1
+  _assert_params_changed(state.params, new_state.params)
+  assert _tree_allfinite(new_state.params) and _tree_allfinite(new_state.batch_stats)
+  # Train-mode BatchNorm updated every running statistic.
+  assert all(jax.tree.leaves(_differs(state.batch_stats, new_state.batch_stats)))
+
+
+def test_weak_step_pamr():
+  state, new_state, m = _one_step(_config(**{'rs.refine': 'pamr'}))
+  assert set(m) == METRIC_KEYS
+  assert all(np.isfinite(v) for v in m.values()), m
+  np.testing.assert_allclose(m['loss'], m['cls'] + m['cam'] + m['seg'], rtol=1e-5)
+  assert int(new_state.step) == 1
+  _assert_params_changed(state.params, new_state.params)
+
+
+def test_full_supervision_step():
+  state, new_state, m = _one_step(_config(), supervision='full')
+  assert set(m) == {'cls', 'cam', 'seg', 'loss', 'lr'}
+  assert all(np.isfinite(v) for v in m.values()), m
+  np.testing.assert_allclose(m['loss'], m['cls'] + m['cam'] + m['seg'], rtol=1e-5)
+  assert int(new_state.step) == 1
+  _assert_params_changed(state.params, new_state.params)
+
+
+# --- make_seed ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('refine', ['scg', 'pamr', 'none'])
+def test_make_seed_hard_labels(refine):
+  cfg = _config(**{'rs.refine': refine, 'rs.cam_only_steps': 5})
+  batch = _batch(1)
+  labels, valid = batch['label'], batch['valid']
+  fn = jax.jit(lambda out, images, labels, valid, step: train.make_seed(
+      cfg, out, images, labels, valid, step))
+  for step in (0, 10):  # CAM seed, then segmentation seed
+    seed, hard = jax.device_get(fn(_fake_out(step), batch['image'], labels, valid, step))
+    assert seed.shape == (BATCH, CROP, CROP, NUM_CLASSES)
+    assert hard.shape == (BATCH, CROP, CROP) and hard.dtype == np.int32
+    assert np.all(np.isfinite(seed))
+    assert set(np.unique(hard).tolist()) <= set(range(NUM_CLASSES + 1)) | {255}
+    assert np.all(hard[~valid] == 255)
+    for i in range(BATCH):
+      assert not seed[i][..., labels[i] == 0].any()  # absent classes have no seed
+      fg = {int(v) - 1 for v in np.unique(hard[i]) if 0 < v < 255}
+      assert fg <= set(np.flatnonzero(labels[i]).tolist()), (i, fg, labels[i])
+    v = hard[valid]
+    assert (v == 0).any() and ((v > 0) & (v < 255)).any(), 'degenerate seed: test is vacuous'
+
+
+# --- schedule and optimiser --------------------------------------------------------------------
+
+
+def test_poly_schedule_matches_numpy():
+  base, total, power = 0.1, 100, 0.9
+  sched = train.poly_schedule(base, total, power)
+  for t in (0, 1, 17, 50, 99, 100, 130):
+    ref = base * max(1.0 - t / total, 0.0) ** power
+    np.testing.assert_allclose(float(sched(t)), ref, rtol=1e-5, atol=1e-9)
+  warm = train.poly_schedule(base, total, power, warmup_steps=10)
+  for t in (0, 4, 9, 10, 60):
+    ref = base * (1.0 - t / total) ** power * min(1.0, (t + 1) / 10)
+    np.testing.assert_allclose(float(warm(t)), ref, rtol=1e-5)
+  cfg = _config()
+  np.testing.assert_allclose(float(train.learning_rate(cfg.optim, 10, 3)),
+                             cfg.optim.lr * 0.7 ** cfg.optim.poly_power, rtol=1e-5)
+
+
+def _random_params():
+  """The tiny net's parameter tree with random values, plus a dense layer with a bias."""
+  _, state = _model_and_state()
+  rng = np.random.default_rng(1)
+  params = jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), jnp.float32),
+                        state.params)
+  params = dict(params, seg_head=dict(params['seg_head']), backbone=dict(params['backbone']))
+  params['seg_head']['extra'] = dict(kernel=jnp.ones((3, 2)), bias=jnp.ones((2,)))
+  params['backbone']['extra'] = dict(kernel=jnp.ones((3, 2)), bias=jnp.ones((2,)))
+  return params
+
+
+def _leaves(tree):
+  return {jax.tree_util.keystr(p): np.asarray(x)
+          for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def test_optimizer_weight_decay_mask_and_head_lr_mult():
+  cfg = _config()
+  cfg.optim.weight_decay = 1e-2
+  cfg.optim.head_lr_mult = 10.0
+  lr, momentum, wd = cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay
+  params = _random_params()
+  tx = train.make_optimizer(cfg.optim, 100, params)
+  update = jax.jit(tx.update)
+  opt_state = tx.init(params)
+  p = _leaves(params)
+  mult = {k: 1.0 if k.startswith("['backbone']") else cfg.optim.head_lr_mult for k in p}
+  decayed = {k: k.endswith("['kernel']") for k in p}
+  assert sum(decayed.values()) > 10 and sum(not v for v in decayed.values()) > 10
+  for k in p:
+    assert decayed[k] or k.endswith("['scale']") or k.endswith("['bias']"), k
+
+  # Zero gradient: only weight decay moves anything, and only conv / dense kernels. The first
+  # Nesterov step is -lr * (1 + momentum) * g with g = wd * p.
+  u = _leaves(update(jax.tree.map(jnp.zeros_like, params), opt_state, params)[0])
+  for k, upd in u.items():
+    if decayed[k]:
+      np.testing.assert_allclose(upd, -lr * mult[k] * (1 + momentum) * wd * p[k], rtol=1e-5,
+                                 err_msg=k)
+    else:
+      assert not upd.any(), f'{k} (BatchNorm scale / bias or a bias) is weight-decayed'
+
+  # Gradient of ones: the head moves head_lr_mult times as far as the backbone.
+  u = _leaves(update(jax.tree.map(jnp.ones_like, params), opt_state, params)[0])
+  for k, upd in u.items():
+    g = 1.0 + (wd * p[k] if decayed[k] else 0.0)
+    np.testing.assert_allclose(upd, -lr * mult[k] * (1 + momentum) * g, rtol=1e-5, err_msg=k)
+  backbone_bn = u["['backbone']['bn1']['scale']"]
+  head_bn = u["['seg_head']['aspp']['project']['bn']['scale']"]
+  np.testing.assert_allclose(head_bn[0] / backbone_bn[0], cfg.optim.head_lr_mult, rtol=1e-5)
+
+
+# --- the training loop -------------------------------------------------------------------------
+
+
+class _Batches:
+  """data_iter_fn for train(): numpy batches from a step-seeded generator; records its calls."""
+
+  def __init__(self):
+    self.starts = []
+    self.served = 0
+
+  def __call__(self, start):
+    self.starts.append(start)
+
+    def gen():
+      step = start
+      while True:
+        batch = _batch(step)
+        batch['ids'] = np.array([f'img{step}_{i}' for i in range(BATCH)])  # dropped by train()
+        self.served += 1
+        yield batch
+        step += 1
+
+    return gen()
+
+
+def _metrics(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [json.loads(line) for line in f]
+
+
+def _fake_data():
+  return dict(images=np.zeros((8, CROP, CROP, 3), np.uint8),
+              masks=np.zeros((8, CROP, CROP), np.uint8),
+              labels=np.zeros((8, NUM_CLASSES), np.uint8))
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+  """train() for 2 steps (weak, SCG) with a checkpoint each step."""
+  cfg = _config(**{'rs.refine': 'scg', 'train.steps': 2})
+  workdir = str(tmp_path_factory.mktemp('train') / 'run')
+  finished_before = train.is_finished(cfg, workdir)
+  batches = _Batches()
+  variables = train.train(cfg, workdir, _fake_data(), supervision='weak', data_iter_fn=batches)
+  return dict(cfg=cfg, workdir=workdir, variables=variables, batches=batches,
+              finished_before=finished_before)
+
+
+def test_train_two_steps_and_is_finished(trained):
+  cfg, workdir = trained['cfg'], trained['workdir']
+  assert not trained['finished_before']
+  assert train.is_finished(cfg, workdir)
+  longer = _config(**{'train.steps': 3})
+  assert not train.is_finished(longer, workdir)
+  assert trained['batches'].starts == [0] and trained['batches'].served == 2
+  logs = _metrics(workdir)
+  assert [m['step'] for m in logs] == [1, 2]
+  for m in logs:  # weak supervision with SCG, no mix before mix.start_step
+    assert set(m) == METRIC_KEYS | {'step', 'seconds'}
+    assert all(np.isfinite(m[k]) for k in METRIC_KEYS)
+  variables = trained['variables']
+  assert set(variables) == {'params', 'batch_stats'}
+  assert _tree_allfinite(variables)
+  _, state0 = _model_and_state()
+  with ckpt_lib.Checkpoints(os.path.join(workdir, 'checkpoints')) as ckpts:
+    assert ckpts.latest_step() == 2
+    step1 = ckpts.restore(state0.saveable(), step=1)
+    step2 = ckpts.restore(state0.saveable(), step=2)
+  assert int(step1['step']) == 1 and int(step2['step']) == 2
+  # train() returns the last step's variables; the second step moved the parameters.
+  assert not any(jax.tree.leaves(_differs(step2['params'], variables['params'])))
+  assert not any(jax.tree.leaves(_differs(step2['batch_stats'], variables['batch_stats'])))
+  assert any(jax.tree.leaves(_differs(step1['params'], step2['params'])))
+
+
+def test_train_resumes_from_last_checkpoint(trained):
+  workdir = trained['workdir'] + '_resumed'
+  shutil.copytree(trained['workdir'], workdir)
+  cfg = _config(**{'rs.refine': 'scg', 'train.steps': 4})
+  assert not train.is_finished(cfg, workdir)
+  batches = _Batches()
+  variables = train.train(cfg, workdir, _fake_data(), supervision='weak', data_iter_fn=batches)
+  assert batches.starts == [2] and batches.served == 2
+  logs = _metrics(workdir)
+  assert [m['step'] for m in logs] == [1, 2, 3, 4]
+  # The first resumed step ran with the restored step counter: its lr is the schedule at t=2.
+  ref = cfg.optim.lr * (1 - 2 / 4) ** cfg.optim.poly_power
+  np.testing.assert_allclose(logs[2]['lr'], ref, rtol=1e-5)
+  assert train.is_finished(cfg, workdir)
+  _, state0 = _model_and_state()
+  with ckpt_lib.Checkpoints(os.path.join(workdir, 'checkpoints')) as ckpts:
+    assert ckpts.latest_step() == 4
+    tree = ckpts.restore(state0.saveable())
+  assert int(tree['step']) == 4
+  # The returned variables are the last checkpoint's.
+  assert not any(jax.tree.leaves(_differs(tree['params'], variables['params'])))
