@@ -3,9 +3,9 @@
 Command:
     python launch.py                      # = --config configs/default.py --workdir runs/default
 
-Expected (2 CPU cores, a few minutes): summary.json with the RecurSeed seed mIoU several points
-above the CAM seed mIoU, and pseudo masks after CRF above both; the fully supervised upper bound
-beside them. The README's results section holds the figures measured on the reference machine.
+Expected (2 CPU cores, about 8.5 minutes), summary.json mIoU: plain-CAM baseline seed 45.2,
+RecurSeed network's CAM seed 57.8, RecurSeed seed 60.9, pseudo masks after CRF 79.7, segmentation
+head on val 60.8, fully supervised upper bound on val 87.8 (README, "Quick start").
 
 Every knob of METHOD.md sections 2-5 is a field here; real configs (VOC, COCO) change the data,
 model size and schedule, not the field names.

@@ -75,35 +75,12 @@ def _fake_out(seed=0):
                 for k in (2, 3, 4, 5)})
 
 
-_FAST_CPU_OPTIONS = {'xla_cpu_use_fusion_emitters': False}
-
-
-def _fast_compiler_options():
-  """XLA CPU options that compile this file's steps ~2x faster; None where not supported."""
-  if jax.default_backend() != 'cpu':
-    return None
-  try:
-    jax.jit(lambda x: x + 1, compiler_options=_FAST_CPU_OPTIONS)(1.0)
-  except Exception:  # pylint: disable=broad-except  (an XLA without the option)
-    return None
-  return _FAST_CPU_OPTIONS
-
-
 @pytest.fixture(scope='module', autouse=True)
 def _fast_compiles():
-  """Cheaper XLA compiles while this module runs (compiling train steps is its whole cost).
-
-  XLA skips most optimisation passes and, on CPU, the fusion emitters, also inside train(),
-  whose jax.jit calls get the options through a patched jax.jit. Same results, a fraction of
-  the compile time.
-  """
-  options = _fast_compiler_options()
+  """Cheaper XLA compiles while this module runs (compiling train steps is its whole cost)."""
   old = jax.config.read('jax_disable_most_optimizations')
   jax.config.update('jax_disable_most_optimizations', True)
-  with pytest.MonkeyPatch.context() as mp:
-    if options:
-      mp.setattr(jax, 'jit', functools.partial(jax.jit, compiler_options=options))
-    yield
+  yield
   jax.config.update('jax_disable_most_optimizations', old)
 
 
@@ -195,6 +172,26 @@ def test_full_supervision_step():
   np.testing.assert_allclose(m['loss'], m['cls'] + m['cam'] + m['seg'], rtol=1e-5)
   assert int(new_state.step) == 1
   _assert_params_changed(state.params, new_state.params)
+
+
+def test_cam_baseline_step_trains_only_the_cam_path():
+  state, new_state, m = _one_step(_config(), supervision='cam')
+  assert set(m) == {'cls', 'loss', 'lr'}
+  assert m['loss'] == m['cls'] and np.isfinite(m['loss'])
+  changed = _differs(state.params, new_state.params)
+  assert all(jax.tree.leaves(changed['classifier']))
+  # The classification loss never reaches the segmentation head: only weight decay moves it.
+  grads_free = jax.tree.map(lambda a, b: np.allclose(a, b, rtol=1e-2), state.params['seg_head'],
+                            new_state.params['seg_head'])
+  assert all(jax.tree.leaves(grads_free))
+
+
+def test_unknown_supervision_and_mix_without_seeds():
+  model, _ = _model_and_state()
+  with pytest.raises(ValueError, match='supervision'):
+    train.make_train_step(_config(), model, 'pixels')
+  with pytest.raises(ValueError, match='use_mix'):
+    _one_step(_config(), supervision='full', use_mix=True)
 
 
 # --- make_seed ---------------------------------------------------------------------------------
