@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from reference import np_resize
 
 from configs import default
 from recurseed_jax import infer
@@ -83,28 +84,6 @@ def np_quantize(x):
   for idx in np.ndindex(x.shape):
     v = min(max(float(x[idx]), 0.0), 1.0)
     out[idx] = int(np.round(np.float32(v) * np.float32(255)))
-  return out
-
-
-def np_resize(x, size):
-  """Bilinear, align_corners=False, no antialias (torch F.interpolate)."""
-  b, h, w, c = x.shape
-  hh, ww = size
-  if (hh, ww) == (h, w):
-    return x.astype(np.float64)
-  out = np.zeros((b, hh, ww, c), np.float64)
-
-  def src(i, n_in, n_out):
-    s = max((i + 0.5) * n_in / n_out - 0.5, 0.0)
-    i0 = min(int(math.floor(s)), n_in - 1)
-    return i0, min(i0 + 1, n_in - 1), s - i0
-
-  for y in range(hh):
-    y0, y1, ly = src(y, h, hh)
-    for xx in range(ww):
-      x0, x1, lx = src(xx, w, ww)
-      out[:, y, xx] = ((1 - ly) * (1 - lx) * x[:, y0, x0] + (1 - ly) * lx * x[:, y0, x1] +
-                       ly * (1 - lx) * x[:, y1, x0] + ly * lx * x[:, y1, x1])
   return out
 
 

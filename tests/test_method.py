@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from reference import np_resize
 
 from recurseed_jax import method
 
@@ -14,27 +15,6 @@ RTOL, ATOL = 1e-4, 1e-5
 
 
 # --- numpy references (loops on purpose) --------------------------------------
-
-
-def np_resize(x, size):
-  """Bilinear, align_corners=False, no antialias (torch F.interpolate)."""
-  b, h, w, c = x.shape
-  hh, ww = size
-  out = np.zeros((b, hh, ww, c), np.float64)
-
-  def src(i, n_in, n_out):
-    s = max((i + 0.5) * n_in / n_out - 0.5, 0.0)
-    i0 = min(int(math.floor(s)), n_in - 1)
-    return i0, min(i0 + 1, n_in - 1), s - i0
-
-  for y in range(hh):
-    y0, y1, ly = src(y, h, hh)
-    for xx in range(ww):
-      x0, x1, lx = src(xx, w, ww)
-      out[:, y, xx] = ((1 - ly) * (1 - lx) * x[:, y0, x0] +
-                       (1 - ly) * lx * x[:, y0, x1] +
-                       ly * (1 - lx) * x[:, y1, x0] + ly * lx * x[:, y1, x1])
-  return out
 
 
 def np_cam_seed(cam, labels, eps=1e-5):

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import reference
 
 from configs import default
 from recurseed_jax import checkpoint as ckpt_lib
@@ -36,13 +37,7 @@ def _config(**overrides):
   cfg.train.steps = 2
   cfg.train.log_every = 1
   cfg.train.checkpoint_every = 1
-  for key, value in overrides.items():
-    node = cfg
-    *parents, leaf = key.split('.')
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return cfg
+  return reference.override(cfg, overrides)
 
 
 def _batch(seed=0):

@@ -7,17 +7,7 @@ import pytest
 from configs import default
 from recurseed_jax import stages
 from recurseed_jax import validate
-
-
-def _config(**overrides):
-  cfg = default.get_config()
-  for key, value in overrides.items():
-    node = cfg
-    *parents, leaf = key.split('.')
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return cfg
+from reference import default_config as _config
 
 
 def test_default_config_is_valid():

@@ -14,6 +14,14 @@ from recurseed_jax.models.deeplab import DeepLabV3PlusHead
 from recurseed_jax.models.resnet import ResNet
 
 
+def _v3plus_head(net, name):
+  """The DeepLabv3+ head with C + 1 outputs, configured from a network's fields."""
+  return DeepLabV3PlusHead(
+      net.num_classes + 1, net.aspp_channels, tuple(net.aspp_rates), net.low_level_channels,
+      net.decoder_channels, net.aspp_dropout, tuple(net.decoder_dropout), net.dtype,
+      net.bn_axis_name, name=name)
+
+
 class RecurSeedNet(nn.Module):
   """Shared ResNet backbone, a CAM classification head and a DeepLabv3+ segmentation head.
 
@@ -44,11 +52,7 @@ class RecurSeedNet(nn.Module):
     cam = nn.Conv(self.num_classes, (1, 1), use_bias=False, dtype=self.dtype,
                   kernel_init=nn.initializers.xavier_uniform(),
                   name='classifier')(features['stage5']).astype(jnp.float32)
-    seg = DeepLabV3PlusHead(
-        self.num_classes + 1, self.aspp_channels, tuple(self.aspp_rates),
-        self.low_level_channels, self.decoder_channels, self.aspp_dropout,
-        tuple(self.decoder_dropout), self.dtype, self.bn_axis_name,
-        name='seg_head')(features['stage5'], features['stage2'], train)
+    seg = _v3plus_head(self, 'seg_head')(features['stage5'], features['stage2'], train)
     return dict(features=features, cam=cam, logits=jnp.mean(cam, axis=(1, 2)),
                 seg=seg.astype(jnp.float32))
 
@@ -79,11 +83,7 @@ class DeepLabNet(nn.Module):
     features = ResNet(tuple(self.stage_sizes), self.width, self.output_stride, self.dtype,
                       self.bn_axis_name, name='backbone')(x, train)
     if self.head == 'v3plus':
-      seg = DeepLabV3PlusHead(
-          self.num_classes + 1, self.aspp_channels, tuple(self.aspp_rates),
-          self.low_level_channels, self.decoder_channels, self.aspp_dropout,
-          tuple(self.decoder_dropout), self.dtype, self.bn_axis_name,
-          name='head')(features['stage5'], features['stage2'], train)
+      seg = _v3plus_head(self, 'head')(features['stage5'], features['stage2'], train)
     elif self.head == 'v2':
       seg = DeepLabV2Head(self.num_classes + 1, tuple(self.v2_rates), self.dtype,
                           name='head')(features['stage5'], train)

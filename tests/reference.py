@@ -1,0 +1,44 @@
+"""Shared by the tests: slow numpy references and config overrides."""
+
+import math
+
+import numpy as np
+
+from configs import default
+
+
+def np_resize(x, size):
+  """Bilinear, align_corners=False, no antialias (torch F.interpolate). x [B,H,W,C]."""
+  b, h, w, c = x.shape
+  hh, ww = size
+  if (hh, ww) == (h, w):
+    return x.astype(np.float64)
+  out = np.zeros((b, hh, ww, c), np.float64)
+
+  def src(i, n_in, n_out):
+    s = max((i + 0.5) * n_in / n_out - 0.5, 0.0)
+    i0 = min(int(math.floor(s)), n_in - 1)
+    return i0, min(i0 + 1, n_in - 1), s - i0
+
+  for y in range(hh):
+    y0, y1, ly = src(y, h, hh)
+    for xx in range(ww):
+      x0, x1, lx = src(xx, w, ww)
+      out[:, y, xx] = ((1 - ly) * (1 - lx) * x[:, y0, x0] + (1 - ly) * lx * x[:, y0, x1] +
+                       ly * (1 - lx) * x[:, y1, x0] + ly * lx * x[:, y1, x1])
+  return out
+
+
+def override(cfg, overrides):
+  """Sets dotted keys ('rs.certain': 0.6) on an ml_collections config; returns it."""
+  for key, value in overrides.items():
+    node = cfg
+    *parents, leaf = key.split('.')
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return cfg
+
+
+def default_config(**overrides):
+  return override(default.get_config(), overrides)
