@@ -57,6 +57,7 @@ def parse_stages(text):
 # baseline (classification loss only) and the fully supervised upper bound.
 RUNS = (('train', 'weak', None), ('cam_baseline', 'cam', 'cam_baseline'),
         ('upper_bound', 'full', 'upper_bound'))
+TITLES = dict(train='RecurSeed', cam_baseline='plain-CAM baseline', upper_bound='upper bound')
 
 
 def _enabled_runs(config):
@@ -67,7 +68,7 @@ def stage_train(run):
   data = run.data.split('train')
   for name, supervision in _enabled_runs(run.config):
     train_lib.train(run.config, run.path(name), data, supervision=supervision,
-                    desc=f'train ({name})', data_iter_fn=run.data.train_batches)
+                    desc=f'train {TITLES[name]}', data_iter_fn=run.data.train_batches)
 
 
 # --- seeds -------------------------------------------------------------------------------------
@@ -91,7 +92,7 @@ def _train_seeds(run, name, with_seg):
   n = len(run.data.split('train')['images'])
   cam_q, seg_q = None, None
   for start, stop, keep, cam, seg in _infer_split(run, run.path(name), 'train', True,
-                                                  f'seeds ({name})'):
+                                                  f'seeds {TITLES[name]}'):
     if cam_q is None:
       cam_q = np.zeros((n,) + cam.shape[1:], np.uint8)
       seg_q = np.zeros_like(cam_q) if with_seg else None
@@ -119,7 +120,7 @@ def stage_seeds(run):
   for out_name, name in sources:
     preds = []
     for _, _, keep, _, seg in _infer_split(run, run.path(name), 'val', False,
-                                           f'predict val ({name})'):
+                                           f'predict val {TITLES[name]}'):
       preds.append(np.asarray(infer.segmentation_label_map(seg, keep)))
     io_utils.save_npz(run.path('seeds', f'{out_name}.npz'), pred=np.concatenate(preds))
 
