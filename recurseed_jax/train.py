@@ -50,22 +50,25 @@ def poly_schedule(base_lr, total_steps, power, warmup_steps=0):
   return schedule
 
 
-def make_optimizer(optim_config, total_steps, params):
+def _schedule(optim_config, total_steps, lr_mult=1.0):
+  return poly_schedule(optim_config.lr * lr_mult, total_steps, optim_config.poly_power,
+                       optim_config.warmup_steps)
+
+
+def make_optimizer(optim_config, total_steps):
   """SGD (Nesterov) with poly decay, `head_lr_mult` on new heads, no decay on BN and biases."""
   def sgd(lr_mult):
-    sched = poly_schedule(optim_config.lr * lr_mult, total_steps, optim_config.poly_power,
-                          optim_config.warmup_steps)
     return optax.chain(
         optax.add_decayed_weights(optim_config.weight_decay, mask=models.decay_mask),
-        optax.sgd(sched, momentum=optim_config.momentum, nesterov=optim_config.nesterov))
-  del params
+        optax.sgd(_schedule(optim_config, total_steps, lr_mult),
+                  momentum=optim_config.momentum, nesterov=optim_config.nesterov))
   return optax.multi_transform(
       {'backbone': sgd(1.0), 'head': sgd(optim_config.head_lr_mult)}, models.param_groups)
 
 
 def learning_rate(optim_config, total_steps, step):
-  return poly_schedule(optim_config.lr, total_steps, optim_config.poly_power,
-                       optim_config.warmup_steps)(step)
+  """The backbone's learning rate at `step` (heads run at `head_lr_mult` times it)."""
+  return _schedule(optim_config, total_steps)(step)
 
 
 def create_state(config, model, rng, input_shape):
@@ -74,7 +77,7 @@ def create_state(config, model, rng, input_shape):
   variables = jax.jit(functools.partial(model.init, train=False))(
       {'params': key}, jnp.zeros(input_shape, jnp.float32))
   params = variables['params']
-  tx = make_optimizer(config.optim, config.train.steps, params)
+  tx = make_optimizer(config.optim, config.train.steps)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     batch_stats=variables.get('batch_stats', {}),
                     opt_state=tx.init(params), tx=tx)

@@ -111,7 +111,7 @@ def _model_and_state():
   variables = jax.tree_util.tree_map_with_path(
       lambda p, s: jnp.asarray(init(p, s), jnp.float32), shapes)
   params = variables['params']
-  tx = train.make_optimizer(cfg.optim, cfg.train.steps, params)
+  tx = train.make_optimizer(cfg.optim, cfg.train.steps)
   state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
                            batch_stats=variables['batch_stats'], opt_state=tx.init(params), tx=tx)
   return model, state
@@ -255,7 +255,7 @@ def test_optimizer_weight_decay_mask_and_head_lr_mult():
   cfg.optim.head_lr_mult = 10.0
   lr, momentum, wd = cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay
   params = _random_params()
-  tx = train.make_optimizer(cfg.optim, 100, params)
+  tx = train.make_optimizer(cfg.optim, 100)
   update = jax.jit(tx.update)
   opt_state = tx.init(params)
   p = _leaves(params)
