@@ -1,4 +1,8 @@
-"""Networks of METHOD.md section 1, plus the parameter labelling the optimiser needs."""
+"""Networks of METHOD.md section 1, the parameter labelling the optimiser needs, weight import.
+
+`apply_init(config.model.init, variables)` (weights.py) starts a network from torchvision
+ImageNet weights or the RS+EPM authors' checkpoints.
+"""
 
 from typing import Any, Optional
 
@@ -12,18 +16,28 @@ from recurseed_jax.models.recurseed_net import DeepLabNet
 from recurseed_jax.models.recurseed_net import RecurSeedNet
 from recurseed_jax.models.resnet import Bottleneck
 from recurseed_jax.models.resnet import ResNet
+from recurseed_jax.models.weights import apply_init
 
 __all__ = [
     'ASPP', 'Bottleneck', 'DeepLabNet', 'DeepLabV2Head', 'DeepLabV3PlusHead', 'RecurSeedNet',
-    'ResNet', 'build_model', 'decay_mask', 'param_groups',
+    'ResNet', 'apply_init', 'build_deeplab', 'build_model', 'decay_mask', 'param_groups',
 ]
+
+
+def _field(model_config: Any, name: str, default: Any) -> Any:
+  # Hand-made ConfigDicts (tests, older configs) may lack the newer fields.
+  return model_config[name] if name in model_config else default
 
 
 def build_model(model_config: Any, num_classes: int, dtype: Any = jnp.float32,
                 bn_axis_name: Optional[str] = None) -> RecurSeedNet:
   """Builds RecurSeedNet from the `config.model` fields (configs/default.py)."""
-  c = model_config
-  return RecurSeedNet(
+  return RecurSeedNet(**_shared_fields(model_config, num_classes, dtype, bn_axis_name))
+
+
+def _shared_fields(c: Any, num_classes: int, dtype: Any, bn_axis_name: Optional[str]) -> dict:
+  """The constructor arguments both networks read from `config.model`."""
+  return dict(
       num_classes=num_classes,
       stage_sizes=tuple(c.stage_sizes),
       width=c.width,
@@ -35,7 +49,20 @@ def build_model(model_config: Any, num_classes: int, dtype: Any = jnp.float32,
       aspp_dropout=c.aspp_dropout,
       decoder_dropout=tuple(c.decoder_dropout),
       dtype=dtype,
-      bn_axis_name=bn_axis_name)
+      bn_axis_name=bn_axis_name,
+      dilation_scheme=_field(c, 'dilation_scheme', 'uniform'))
+
+
+def build_deeplab(model_config: Any, num_classes: int, head: Optional[str] = None,
+                  dtype: Any = jnp.float32, bn_axis_name: Optional[str] = None) -> DeepLabNet:
+  """Builds the multi-stage DeepLabNet (C + 1 outputs) from the same `config.model` fields.
+
+  `head` ('v3plus' or 'v2') defaults to `model.segmenter_head`; DeepLabv2 uses `model.v2_rates`.
+  """
+  c = model_config
+  return DeepLabNet(head=head or _field(c, 'segmenter_head', 'v3plus'),
+                    v2_rates=tuple(_field(c, 'v2_rates', (6, 12, 18, 24))),
+                    **_shared_fields(c, num_classes, dtype, bn_axis_name))
 
 
 def _key_name(entry: Any) -> str:

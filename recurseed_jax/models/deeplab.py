@@ -8,6 +8,10 @@ Parameter names (all convs bias-free except in DeepLabV2Head):
 |                   | project (1x1 fuse); each a ConvBNReLU with children conv, bn        |
 | DeepLabV3PlusHead | aspp, reduce (low-level 1x1), fuse1, fuse2 (3x3), classifier (3x3)  |
 | DeepLabV2Head     | conv0..conv3 (3x3 dilated, with bias)                                |
+
+They map one to one onto the RS+EPM authors' ASPP_For_DeepLabv3 / Decoder / ASPP_For_DeepLabv2
+(core/layers.py; the table is in weights.py), whose channel orders (ASPP concat: 1x1, dilated,
+pooling; decoder concat: upsampled ASPP, then low-level) these follow.
 """
 
 import functools

@@ -1,7 +1,11 @@
 """The RecurSeed network (METHOD.md section 1) and a plain DeepLab segmenter for multi-stage.
 
 Top-level parameter names: `backbone` (ResNet, see resnet.py), `classifier` (the CAM 1x1 conv),
-`seg_head` (DeepLabV3PlusHead) in RecurSeedNet; `backbone`, `head` in DeepLabNet.
+`seg_head` (DeepLabV3PlusHead) in RecurSeedNet; `backbone`, `head` in DeepLabNet. They map one to
+one onto the authors' RSEPM / DeepLabv3_Plus / DeepLabv2 (core/networks.py): `model.*` ->
+backbone, `classifier` -> classifier, `aspp.*` and `decoder.*` -> seg_head / head (weights.py has
+the full table). Their networks are these with dilation_scheme='authors', aspp_rates (6, 12, 18)
+at output stride 16 and (12, 24, 36) at 8, low_level_channels 256 (RSEPM) or 48 (DeepLabv3+).
 """
 
 from typing import Any, Dict, Optional, Sequence
@@ -20,6 +24,11 @@ def _v3plus_head(net, name):
       net.num_classes + 1, net.aspp_channels, tuple(net.aspp_rates), net.low_level_channels,
       net.decoder_channels, net.aspp_dropout, tuple(net.decoder_dropout), net.dtype,
       net.bn_axis_name, name=name)
+
+
+def _backbone(net):
+  return ResNet(tuple(net.stage_sizes), net.width, net.output_stride, net.dtype,
+                net.bn_axis_name, dilation_scheme=net.dilation_scheme, name='backbone')
 
 
 class RecurSeedNet(nn.Module):
@@ -43,11 +52,11 @@ class RecurSeedNet(nn.Module):
   decoder_dropout: Sequence[float] = (0.5, 0.1)
   dtype: Any = jnp.float32
   bn_axis_name: Optional[str] = None
+  dilation_scheme: str = 'uniform'
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> Dict[str, Any]:
-    features = ResNet(tuple(self.stage_sizes), self.width, self.output_stride, self.dtype,
-                      self.bn_axis_name, name='backbone')(x, train)
+    features = _backbone(self)(x, train)
     # PSA/IRN-style CAM classifier: bias-free 1x1 conv, xavier init.
     cam = nn.Conv(self.num_classes, (1, 1), use_bias=False, dtype=self.dtype,
                   kernel_init=nn.initializers.xavier_uniform(),
@@ -77,11 +86,11 @@ class DeepLabNet(nn.Module):
   v2_rates: Sequence[int] = (6, 12, 18, 24)
   dtype: Any = jnp.float32
   bn_axis_name: Optional[str] = None
+  dilation_scheme: str = 'uniform'
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> Dict[str, Any]:
-    features = ResNet(tuple(self.stage_sizes), self.width, self.output_stride, self.dtype,
-                      self.bn_axis_name, name='backbone')(x, train)
+    features = _backbone(self)(x, train)
     if self.head == 'v3plus':
       seg = _v3plus_head(self, 'head')(features['stage5'], features['stage2'], train)
     elif self.head == 'v2':

@@ -25,9 +25,17 @@ Strides and dilations of layer1..layer4 per output stride:
 | 16            | (1, 2, 2, 1) | (1, 1, 1, 2) |
 | 8             | (1, 2, 1, 1) | (1, 1, 2, 4) |
 
-By default every 3x3 conv of a dilated stage uses that stage's dilation. torchvision's
-`replace_stride_with_dilation` instead gives the first block of a dilated stage the previous
-stage's dilation; `torchvision_dilation=True` reproduces that exactly (same parameters either way).
+`dilation_scheme` says which 3x3 convs get those dilations (the parameters are the same in all
+three, so one checkpoint loads into any):
+- 'uniform': every block of a stage uses the stage's dilation (DeepLab's usual choice).
+- 'torchvision': as `replace_stride_with_dilation`: the first block of a dilated stage keeps the
+  previous stage's dilation. `torchvision_dilation=True` is an older spelling of this.
+- 'authors': as the RS+EPM authors' core/backbones/resnet (their released checkpoints): the first
+  block of every stage uses dilation 1, and at output stride 16 the last stage has stride 1 but
+  no dilation at all (dilations (1, 1, 1, 1)); output stride 8 uses (1, 1, 2, 4).
+
+BatchNorm is norm.BatchNorm: PyTorch's eps 1e-5, momentum 0.1 (decay 0.9), and running variance
+updated with the unbiased batch variance, as torch does.
 """
 
 import functools
@@ -36,12 +44,17 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import flax.linen as nn
 import jax.numpy as jnp
 
+from recurseed_jax.models.norm import BatchNorm
+
 # torchvision: kaiming_normal_(mode='fan_out', nonlinearity='relu') on every conv.
 conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
 
+DILATION_SCHEMES = ('uniform', 'torchvision', 'authors')
+
+
 def stage_strides_and_dilations(
-    output_stride: int) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
+    output_stride: int, scheme: str = 'uniform') -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
   """Strides and dilations of layer1..layer4 for an output stride of 32, 16 or 8."""
   table = {
       32: ((1, 2, 2, 2), (1, 1, 1, 1)),
@@ -50,13 +63,24 @@ def stage_strides_and_dilations(
   }
   if output_stride not in table:
     raise ValueError(f'output_stride must be 32, 16 or 8, got {output_stride}')
-  return table[output_stride]
+  if scheme not in DILATION_SCHEMES:
+    raise ValueError(f'dilation_scheme must be one of {DILATION_SCHEMES}, got {scheme!r}')
+  strides, dilations = table[output_stride]
+  if scheme == 'authors' and output_stride == 16:
+    dilations = (1, 1, 1, 1)  # their build_resnet: last_stride=1 without dilation
+  return strides, dilations
 
 
-def batch_norm(train: bool, dtype: Any, axis_name: Optional[str], name: str) -> nn.BatchNorm:
-  """BatchNorm with PyTorch's defaults (torch momentum 0.1 == flax momentum 0.9)."""
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
-                      axis_name=axis_name, name=name)
+def block_dilations(num_blocks: int, dilation: int, previous: int, scheme: str) -> Tuple[int, ...]:
+  """Dilation of each block's 3x3 conv in a stage of `num_blocks` blocks."""
+  first = {'uniform': dilation, 'torchvision': previous, 'authors': 1}[scheme]
+  return (first,) + (dilation,) * (num_blocks - 1)
+
+
+def batch_norm(train: bool, dtype: Any, axis_name: Optional[str], name: str) -> BatchNorm:
+  """BatchNorm with PyTorch's defaults (torch momentum 0.1 == decay 0.9 here)."""
+  return BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
+                   axis_name=axis_name, name=name)
 
 
 class Bottleneck(nn.Module):
@@ -100,13 +124,15 @@ class ResNet(nn.Module):
     output_stride: 32, 16 or 8 (see the module docstring).
     dtype: compute dtype (parameters stay float32).
     bn_axis_name: pmap axis for cross-replica BatchNorm statistics, or None.
-    torchvision_dilation: first block of a dilated stage uses the previous dilation.
+    dilation_scheme: 'uniform', 'torchvision' or 'authors' (see the module docstring).
+    torchvision_dilation: True means dilation_scheme='torchvision' (older spelling).
   """
   stage_sizes: Sequence[int]
   width: int = 64
   output_stride: int = 16
   dtype: Any = jnp.float32
   bn_axis_name: Optional[str] = None
+  dilation_scheme: str = 'uniform'
   torchvision_dilation: bool = False
 
   @nn.compact
@@ -119,16 +145,15 @@ class ResNet(nn.Module):
     # reduce_window pads with the init value (-inf), like PyTorch's MaxPool2d padding.
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
-    strides, dilations = stage_strides_and_dilations(self.output_stride)
+    scheme = 'torchvision' if self.torchvision_dilation else self.dilation_scheme
+    strides, dilations = stage_strides_and_dilations(self.output_stride, scheme)
     features = {}
-    previous_dilation = 1
+    previous = 1
     for i, num_blocks in enumerate(self.stage_sizes):
-      for b in range(num_blocks):
-        first = b == 0
-        dilation = previous_dilation if (first and self.torchvision_dilation) else dilations[i]
-        x = Bottleneck(self.width * 2**i, stride=strides[i] if first else 1, dilation=dilation,
+      for b, dilation in enumerate(block_dilations(num_blocks, dilations[i], previous, scheme)):
+        x = Bottleneck(self.width * 2**i, stride=strides[i] if b == 0 else 1, dilation=dilation,
                        dtype=self.dtype, bn_axis_name=self.bn_axis_name,
                        name=f'layer{i + 1}_{b}')(x, train)
       features[f'stage{i + 2}'] = x
-      previous_dilation = dilations[i]
+      previous = dilations[i]
     return features
