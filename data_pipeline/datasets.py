@@ -1,14 +1,33 @@
-"""Data providers: what the stages see of a dataset (arrays per split, training batches).
+"""Data providers: what the stages see of a dataset (splits, training batches).
 
-`build(config, workdir)` picks the reader for `config.data.name`; today the synthetic benchmark.
+A provider has `class_names` (C names, no background), `split(name)` for 'train' (what RecurSeed
+trains on and makes pseudo masks for: VOC train_aug, COCO train), 'val' and, where the dataset has
+it, 'test' (data_pipeline/splits.py's interface), and
+`train_batches(start_step=0, process_index=0, process_count=1)`: augmented numpy batches of this
+process's rows of every global batch, from that step on (deterministic for config.seed).
+
+`build(config, workdir)` picks the reader for config.data.name ('synthetic', 'voc12', 'coco14')
+and config.data.source ('files': the folders as they are; 'tfds': records written once by a TFDS
+builder, data_pipeline/tfds_builders.py).
 """
 
 import functools
+import os
 
+from data_pipeline import coco
+from data_pipeline import listing
 from data_pipeline import pipeline
+from data_pipeline import splits
 from data_pipeline import synthetic
+from data_pipeline import voc
 
-KNOWN = ('synthetic',)
+KNOWN = ('synthetic', 'voc12', 'coco14')
+SOURCES = ('files', 'tfds')
+
+
+def cache_dir(config, workdir):
+  """Where label caches and scans go: config.data.cache_dir or <workdir>/data."""
+  return config.data.get('cache_dir') or os.path.join(workdir, 'data')
 
 
 class SyntheticData:
@@ -20,19 +39,122 @@ class SyntheticData:
     self.class_names = synthetic.class_names(config.data.num_classes)
 
   @functools.lru_cache(maxsize=None)
-  def split(self, name):
+  def _arrays(self, name):
     return synthetic.load_split(self.root, name)
 
-  def train_batches(self, start_step=0):
+  def split(self, name):
+    """The split as data_pipeline/splits.py describes it."""
+    d = self._arrays(name)
+    return splits.ArraySplit(d['ids'], d['images'], d['labels'], d['masks'])
+
+  def train_batches(self, start_step=0, process_index=0, process_count=1):
     """Augmented training batches from `start_step` on (deterministic for config.seed)."""
-    d = self.split('train')
+    d = self._arrays('train')
     return pipeline.train_iterator_from_config(
         self.config.data, d['images'], d['masks'], d['labels'],
-        batch_size=self.config.train.batch_size, seed=self.config.seed, start_step=start_step)
+        batch_size=self.config.train.batch_size, seed=self.config.seed, start_step=start_step,
+        process_index=process_index, process_count=process_count)
+
+
+class _StreamMixin:
+  """train_batches over `self._source(split)` for providers whose splits are read lazily."""
+
+  def train_batches(self, start_step=0, process_index=0, process_count=1):
+    """Augmented training batches from `start_step` on; a bad file raises an error naming it."""
+    split = self.split('train')
+    if not split.has_masks:
+      raise ValueError("the 'train' split has no masks; training needs them (seed quality metrics "
+                       'and the upper bound)')
+    batch_size, seed = self.config.train.batch_size, self.config.seed
+    ds = pipeline.train_stream(self._source(split), batch_size=batch_size, seed=seed,
+                               start_step=start_step, process_index=process_index,
+                               process_count=process_count,
+                               **pipeline.stream_kwargs(self.config.data))
+
+    def diagnose(step):
+      for i in pipeline.batch_indices(len(split), step, batch_size=batch_size, seed=seed,
+                                      process_index=process_index, process_count=process_count):
+        split.check(i)  # raises the error naming the file
+
+    return pipeline.checked_iterator(ds, start_step, diagnose)
+
+
+class FileData(_StreamMixin):
+  """VOC 2012 or COCO 2014 read from their folders (either layout each), lazily per split."""
+
+  def __init__(self, config, workdir, log=print):
+    self.config = config
+    self.log = log
+    self.cache_dir = cache_dir(config, workdir)
+    d = config.data
+    self.module = voc if d.name == 'voc12' else coco
+    self.layout = self.module.detect(d.root)
+    self.class_names = list(self.module.CLASS_NAMES)
+    log(f'data: {d.name}: found {self.layout.describe()}')
+    self.split('train')  # fail early (before any compile) on a missing or bad training split
+
+  @functools.lru_cache(maxsize=None)
+  def split(self, name):
+    """The split as data_pipeline/splits.py describes it (a FileSplit)."""
+    d = self.config.data
+    workers = listing.workers_or_default(d.get('workers', 0))
+    if self.module is voc:
+      split = voc.load_split(self.layout, name, self.cache_dir, workers)
+    else:
+      split = coco.load_split(self.layout, name, self.cache_dir, workers,
+                              mask_dir=d.get('coco_mask_dir', ''), log=self.log)
+    if d.get('skip_corrupt'):
+      key = listing.cache_key(self.layout.kind, self.layout.base, name, split.ids)
+      split = listing.drop_corrupt(split, self.cache_dir, key, workers, self.log,
+                                   where=f'{d.name} {name}')
+    return split
+
+  def _source(self, split):
+    return pipeline.file_source(split.image_paths, split.mask_paths, split.labels,
+                                split.num_classes)
+
+
+class RecordData(_StreamMixin):
+  """Any dataset read from the records of its TFDS builder (built on first use)."""
+
+  def __init__(self, config, workdir, log=print):
+    from data_pipeline import records  # pylint: disable=g-import-not-at-top
+    from data_pipeline import tfds_builders  # pylint: disable=g-import-not-at-top
+    self.config = config
+    self._records = records
+    self.builder = tfds_builders.make_builder(config, workdir, log=log)
+    self.class_names = self.builder.class_names()
+    log(f'data: {config.data.name}: TFDS records {self.builder.data_dir}')
+    self.split('train')  # builds the index once
+
+  @functools.lru_cache(maxsize=None)
+  def split(self, name):
+    """The split as data_pipeline/splits.py describes it (a records.RecordSplit)."""
+    infos = self.builder.info.splits
+    if name not in infos:
+      raise ValueError(f'the {self.config.data.name} records at {self.builder.data_dir} have no '
+                       f'{name!r} split; they have: {", ".join(sorted(infos.keys()))}')
+    files = [os.fspath(p) for p in infos[name].filepaths]
+    index = self._records.load_index(
+        os.path.join(os.fspath(self.builder.data_dir), f'wsss-index-{name}.npz'), files)
+    return self._records.RecordSplit(files, index, len(self.class_names),
+                                     has_masks=name != 'test')
+
+  def _source(self, split):
+    return self._records.record_source(split)
 
 
 def build(config, workdir):
-  name = config.data.name
-  if name == 'synthetic':
+  """The provider of config.data.name / config.data.source."""
+  d = config.data
+  if d.name not in KNOWN:
+    raise ValueError(f'config.data.name={d.name!r} is not a known dataset; known: '
+                     f'{", ".join(KNOWN)}')
+  source = d.get('source', 'files')
+  if source not in SOURCES:
+    raise ValueError(f'config.data.source={source!r} is not one of: {", ".join(SOURCES)}')
+  if source == 'tfds':
+    return RecordData(config, workdir)
+  if d.name == 'synthetic':
     return SyntheticData(config, workdir)
-  raise ValueError(f'config.data.name={name!r} is not a known dataset; known: {", ".join(KNOWN)}')
+  return FileData(config, workdir)

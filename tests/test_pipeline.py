@@ -194,3 +194,67 @@ def test_train_iterator_from_config(data):
   crop = config.data.crop_size  # 64 > 48: the rescaled images are padded
   assert batch['image'].shape == (4, crop, crop, 3) and batch['mask'].shape == (4, crop, crop)
   assert not batch['valid'].all()
+
+
+# --- file sources: images of several sizes, long-side rescale, palette masks ---------------------
+_LUT = np.array([[0, 0, 0], [250, 20, 20], [20, 250, 20], [20, 20, 250], [250, 250, 20]],
+                np.uint8)
+
+
+def _stripes(h, w, offset):
+  """A mask of vertical stripes (classes 1..4, no symmetry) and its image LUT[mask]."""
+  mask = (1 + ((np.arange(w) + offset) // 7) % 4).astype(np.uint8)
+  mask = np.broadcast_to(mask, (h, w)).copy()
+  mask[:4] = 0
+  return _LUT[mask], mask
+
+
+def test_file_stream_masks_follow_scales_and_flips(tmp_path):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  paths, mask_paths = [], []
+  for k, (h, w) in enumerate([(30, 44), (44, 30), (36, 36), (26, 50)]):
+    image, mask = _stripes(h, w, 3 * k)
+    paths.append(str(tmp_path / f'{k}.png'))
+    mask_paths.append(str(tmp_path / f'{k}_m.png'))
+    Image.fromarray(image).save(paths[-1])
+    Image.fromarray(mask).save(mask_paths[-1])
+  labels = np.eye(4, dtype=np.float32)
+  source = pipeline.file_source(paths, mask_paths, labels, num_classes=4)
+  ds = pipeline.train_stream(source, batch_size=4, crop_size=32, long_side_range=(24, 64),
+                             mean=(0, 0, 0), std=(1, 1, 1), seed=1, threads=1)
+  checked, sizes = 0, set()
+  for batch in _take(ds, 6):
+    image, mask, valid = batch['image'], batch['mask'], batch['valid']
+    assert image.shape == (4, 32, 32, 3)
+    np.testing.assert_array_equal(batch['label'], labels[batch['index']])
+    np.testing.assert_array_equal(mask[~valid], 255)  # padding: ignore, and 0 in the image
+    np.testing.assert_array_equal(image[~valid], 0)
+    for b in range(4):
+      sizes.add(int(valid[b].sum()))
+      m = mask[b]
+      # Pixels whose 5x5 neighbourhood has one label: the image colour must be that label's.
+      same = valid[b, 2:-2, 2:-2].copy()
+      for dy in range(-2, 3):
+        for dx in range(-2, 3):
+          same &= m[2 + dy:30 + dy, 2 + dx:30 + dx] == m[2:-2, 2:-2]
+      ys, xs = np.nonzero(same)
+      got = np.round(image[b, ys + 2, xs + 2] * 255)
+      np.testing.assert_allclose(got, _LUT[m[ys + 2, xs + 2]], atol=3)
+      checked += len(ys)
+  assert checked > 1000 and len(sizes) > 3  # scales vary
+
+
+def test_decode_mask_grey_palette_and_foreign_palette(tmp_path):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from recurseed_jax import io_utils  # pylint: disable=g-import-not-at-top
+  mask = np.array([[0, 1, 20], [255, 7, 15]], np.uint8)
+  io_utils.save_palette_png(str(tmp_path / 'p.png'), mask)
+  Image.fromarray(mask).save(str(tmp_path / 'g.png'))
+  for name in ('p.png', 'g.png'):
+    got = pipeline.decode_mask(tf.io.read_file(str(tmp_path / name))).numpy()
+    np.testing.assert_array_equal(got, mask)
+  grey_palette = Image.fromarray(mask, mode='L').convert('P')  # a palette that is not VOC's
+  grey_palette.putpalette([v for i in range(256) for v in (i, i, i)])
+  grey_palette.save(str(tmp_path / 'x.png'))
+  with pytest.raises(tf.errors.InvalidArgumentError, match='VOC colour map'):
+    pipeline.decode_mask(tf.io.read_file(str(tmp_path / 'x.png')))

@@ -109,3 +109,19 @@ def test_load_split_missing_raises_naming_path(tmp_path):
   assert path in str(info.value)
   with pytest.raises(FileNotFoundError, match='nowhere'):
     synthetic.load_split(str(tmp_path / 'nowhere'), 'train')
+
+
+def test_provider_batches_shard_by_process(tmp_path):
+  from configs import default  # pylint: disable=g-import-not-at-top
+  from data_pipeline import datasets  # pylint: disable=g-import-not-at-top
+  cfg = default.get_config()
+  cfg.data.num_train, cfg.data.num_val, cfg.data.image_size, cfg.data.crop_size = 8, 2, 16, 16
+  cfg.data.cache_dir, cfg.train.batch_size = str(tmp_path), 4
+  provider = datasets.build(cfg, str(tmp_path))
+  whole = next(provider.train_batches(3))
+  halves = [next(provider.train_batches(3, p, 2)) for p in range(2)]
+  assert halves[0]['image'].shape == (2, 16, 16, 3)
+  for key in whole:
+    np.testing.assert_array_equal(np.concatenate([h[key] for h in halves]), whole[key])
+  split = provider.split('train')
+  assert len(split) == 8 and split.ids[0] == 'train_00000' and split.has_masks

@@ -1,0 +1,162 @@
+"""Rasterises COCO 2014's instance annotations into semantic masks, once (needs pycocotools).
+
+    python -m data_pipeline.coco_prepare --root /data/coco [--out DIR] [--workers 16]
+
+reads `<root>/annotations/instances_{train,val}2014.json` and writes, for every image of
+`<root>/{train,val}2014/`, `<out>/{train,val}2014/<id>.png` (a VOC-palette PNG: 0 background,
+1..80 the 80 categories in id order, 255 crowd regions; annotations are drawn in file order, so a
+later one covers an earlier one) and `<out>/{train,val}2014_labels.json` ({id: [classes present,
+0-based]}). Default out: `<root>/semantic_masks`. Resumable: existing PNGs are kept (read back for
+their labels); every file is written atomically; with workers > 1 the work runs in a 'spawn'
+process pool. The COCO
+provider (data_pipeline/coco.py) runs this lazily when the labels file is missing.
+"""
+
+import argparse
+import collections
+import functools
+import json
+import multiprocessing
+import os
+import sys
+import warnings
+
+import numpy as np
+from tqdm import tqdm
+
+from recurseed_jax import io_utils
+
+FOLDERS = ('train2014', 'val2014')
+CROWD = 255
+
+
+def mask_api():
+  """pycocotools.mask, or an error that says how to get it."""
+  try:
+    from pycocotools import mask as mask_utils  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError('the COCO prepare step needs pycocotools to rasterise the polygons of '
+                      'instances_*.json: pip install pycocotools') from e
+  return mask_utils
+
+
+def annotation_mask(segmentation, height, width):
+  """bool [H, W] of one annotation (polygons, uncompressed or compressed RLE)."""
+  api = mask_api()
+  if isinstance(segmentation, list):  # polygons: one RLE each, merged
+    rle = api.merge(api.frPyObjects(segmentation, height, width))
+  elif isinstance(segmentation.get('counts'), list):  # uncompressed RLE (crowd regions)
+    rle = api.frPyObjects(segmentation, height, width)
+  else:
+    rle = segmentation
+  with warnings.catch_warnings():  # pycocotools' numpy-2 copy= notice, once per annotation
+    warnings.simplefilter('ignore', DeprecationWarning)
+    return api.decode(rle).astype(bool)
+
+
+def rasterize(anns, height, width, label_of):
+  """uint8 [H, W] semantic mask: annotations in order, crowd regions 255, background 0."""
+  mask = np.zeros((height, width), np.uint8)
+  for ann in anns:
+    region = annotation_mask(ann['segmentation'], height, width)
+    mask[region] = CROWD if ann.get('iscrowd') else label_of[ann['category_id']]
+  return mask
+
+
+def _present(mask, num_classes):
+  values = np.unique(mask)
+  return [int(v) - 1 for v in values if 1 <= v <= num_classes]
+
+
+def _job(task, label_of):
+  """Worker: writes one mask (unless it exists) and returns (id, classes present)."""
+  image_id, path, height, width, anns = task
+  if os.path.exists(path):
+    mask = io_utils.load_mask_png(path)
+  else:
+    mask = rasterize(anns, height, width, label_of)
+    io_utils.save_palette_png(path, mask)
+  return image_id, _present(mask, len(label_of))
+
+
+def category_labels(categories, class_names=None):
+  """{category id: label 1..K} in id order; checks the names against `class_names`."""
+  cats = sorted(categories, key=lambda c: c['id'])
+  if class_names is not None:
+    names = [c['name'] for c in cats]
+    norm = lambda s: ''.join(s.lower().replace('_', ' ').split())
+    if [norm(n) for n in names] != [norm(n) for n in class_names]:
+      raise ValueError(f'the annotation categories ({len(names)}: {", ".join(names[:4])}, ...) '
+                       f'are not the {len(class_names)} COCO classes this project expects')
+  return {c['id']: k + 1 for k, c in enumerate(cats)}
+
+
+def labels_path(out_dir, folder):
+  return os.path.join(out_dir, f'{folder}_labels.json')
+
+
+def prepare_split(root, folder, out_dir, workers=0, class_names=None, log=print):
+  """Writes the masks and the labels file of one folder ('train2014' / 'val2014'); returns it."""
+  done = labels_path(out_dir, folder)
+  if os.path.exists(done):
+    return done
+  mask_api()  # fail before the slow JSON load when pycocotools is missing
+  ann_file = os.path.join(root, 'annotations', f'instances_{folder}.json')
+  if not os.path.exists(ann_file):
+    raise FileNotFoundError(f'COCO annotations not found: {ann_file} (the COCO 2014 layout as '
+                            'distributed: train2014/, val2014/, annotations/instances_*.json)')
+  log(f'data: rasterising COCO {folder} masks from {ann_file} into {out_dir}/{folder} (once)')
+  with open(ann_file) as f:
+    data = json.load(f)
+  label_of = category_labels(data['categories'], class_names)
+  by_image = collections.defaultdict(list)
+  for ann in data['annotations']:  # file order: later annotations are drawn over earlier ones
+    by_image[ann['image_id']].append(ann)
+  os.makedirs(os.path.join(out_dir, folder), exist_ok=True)
+  tasks = []
+  for img in sorted(data['images'], key=lambda im: im['file_name']):
+    stem = os.path.splitext(img['file_name'])[0]
+    path = os.path.join(out_dir, folder, f'{stem}.png')
+    tasks.append((stem, path, img['height'], img['width'], by_image.get(img['id'], [])))
+  del data, by_image
+  job = functools.partial(_job, label_of=label_of)
+  bar = tqdm(total=len(tasks), desc=f'coco masks {folder}', unit='img', dynamic_ncols=True)
+  labels = {}
+  try:
+    if workers > 1:
+      with multiprocessing.get_context('spawn').Pool(workers) as pool:
+        for image_id, present in pool.imap(job, tasks, chunksize=16):
+          labels[image_id] = present
+          bar.update(1)
+    else:
+      for task in tasks:
+        image_id, present = job(task)
+        labels[image_id] = present
+        bar.update(1)
+  finally:
+    bar.close()
+  io_utils.save_json(done, labels, indent=None)
+  return done
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--root', required=True, help='holds train2014/, val2014/, annotations/')
+  parser.add_argument('--out', default='', help='mask folder (default: <root>/semantic_masks)')
+  parser.add_argument('--folders', default=','.join(FOLDERS), help='comma-separated')
+  parser.add_argument('--workers', type=int, default=os.cpu_count() or 1,
+                      help='processes (0 or 1: in this process)')
+  args = parser.parse_args(argv)
+  from data_pipeline import coco  # pylint: disable=g-import-not-at-top
+  out = args.out or os.path.join(args.root, 'semantic_masks')
+  try:
+    for folder in [f for f in args.folders.split(',') if f]:
+      print(prepare_split(args.root, folder, out, args.workers, coco.CLASS_NAMES))
+  except (ImportError, FileNotFoundError, ValueError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
