@@ -18,6 +18,8 @@ config_flags.DEFINE_config_file('config', os.path.join(_HERE, 'configs', 'defaul
                                 'ml_collections config file', lock_config=True)
 flags.DEFINE_string('workdir', 'runs/default', 'where every stage writes (resumable)')
 flags.DEFINE_string('stages', None, 'comma-separated stages to run (default: config.stages)')
+flags.DEFINE_bool('distributed', None, 'call jax.distributed.initialize() (multi-host); default: '
+                  'when JAX_COORDINATOR_ADDRESS is set or SLURM / Open MPI runs several tasks')
 FLAGS = flags.FLAGS
 
 
@@ -50,6 +52,12 @@ def main(argv):
     validate.validate(config)
   except ValueError as e:
     _fail(str(e))
+  from recurseed_jax import parallel
+  parallel.initialize_distributed(FLAGS.distributed)  # before anything touches the devices
+  try:
+    parallel.check_batch_size(config.train.batch_size, parallel.make_mesh())
+  except ValueError as e:
+    _fail(str(e))
   workdir = FLAGS.workdir
   _check_workdir(workdir)
   from recurseed_jax import io_utils
@@ -61,7 +69,15 @@ def main(argv):
   except (ValueError, FileNotFoundError) as e:
     _fail(str(e))
   run = stages_lib.Run(config=config, workdir=workdir, data=data, class_names=data.class_names)
-  summary = stages_lib.run_stages(run, names)
+  from recurseed_jax import train as train_lib
+  try:
+    summary = stages_lib.run_stages(run, names)
+  except train_lib.Interrupted as e:  # SIGTERM / SIGINT: saved; the same command resumes
+    print(str(e), file=sys.stderr)
+    sys.exit(128 + e.signum)
+  except train_lib.NonFiniteError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
   if summary:
     print(stages_lib.format_summary(summary))
     print(f'summary: {os.path.join(workdir, "summary.json")}')

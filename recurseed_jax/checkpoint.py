@@ -2,7 +2,10 @@
 
 A checkpoint holds one pytree (the train state without its static parts). Orbax writes each step
 to a temporary folder and renames it when complete, so a killed run never leaves a half
-checkpoint that `latest_step` would pick up.
+checkpoint that `latest_step` would pick up (and the next run deletes the leftover). Saves are
+asynchronous by default: `save` copies the arrays to host memory and returns while a background
+thread writes them; `wait` (also called by `close`) blocks until every write is committed.
+Every process of a multi-host run calls the same methods; Orbax decides who writes what.
 """
 
 import os
@@ -12,29 +15,48 @@ import orbax.checkpoint as ocp
 
 
 class Checkpoints:
-  """Periodic saving, keep-N, resume from the latest step of a folder."""
+  """Saving every `every` steps (the caller asks `due`), keep-N, resume from the latest step."""
 
-  def __init__(self, directory, keep=2, every=None):
+  def __init__(self, directory, keep=2, every=None, async_save=True):
     self.directory = os.path.abspath(directory)
+    self.every = every or 1
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, save_interval_steps=every or 1, create=True,
-        cleanup_tmp_directories=True)
+        max_to_keep=keep, create=True, cleanup_tmp_directories=True,
+        enable_async_checkpointing=async_save)
     self._manager = ocp.CheckpointManager(self.directory, options=options)
 
   def latest_step(self):
     return self._manager.latest_step()
 
-  def save(self, step, tree, force=False):
-    """Saves when the interval says so (or `force`); returns whether it saved."""
-    return self._manager.save(step, args=ocp.args.StandardSave(tree), force=force)
+  def due(self, step):
+    """Whether the periodic schedule saves at `step`."""
+    return step % self.every == 0
+
+  def reached_preemption(self, step):
+    """Multi-host preemption (SIGTERM to any process): True at the same step on every process.
+
+    Call it at every step on every process. Always False in a single-process run (its signals
+    are handled by the training loop).
+    """
+    return self._manager.reached_preemption(step)
+
+  def save(self, step, tree):
+    """Saves `tree` as `step` (unless that step is saved already); returns whether it saved."""
+    if step in self._manager.all_steps():
+      return False
+    return self._manager.save(step, args=ocp.args.StandardSave(tree), force=True)
 
   def restore(self, like, step=None):
-    """Restores `step` (default: latest) into the structure, shapes and dtypes of `like`."""
+    """Restores `step` (default: latest) into the structure, shapes, dtypes and shardings of
+    `like` (arrays or jax.ShapeDtypeStruct with a sharding)."""
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f'no checkpoint in {self.directory}')
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
     return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+
+  def wait(self):
+    self._manager.wait_until_finished()
 
   def close(self):
     self._manager.wait_until_finished()

@@ -1,38 +1,60 @@
 """Train state, the RecurSeed + CertainMix step, the optimiser and the training loop.
 
-The step is a pure function `(state, batch, rng) -> (state, metrics)`; everything the config
-decides enters through `make_train_step`'s closure as Python constants, never as globals. The
-loop around it (input, checkpoints, logs) is host code.
+The step is a pure function `(state, batch, use_mix) -> (state, metrics)`; the step's random key
+lives in the state (fold_in(state.rng, state.step)), so a resumed run draws the same bits.
+Everything the config decides enters through `make_train_step`'s closure as Python constants,
+never as globals. The loop around it (input, checkpoints, signals, logs) is host code.
+
+Parallel modes (parallel.py): under 'jit' the step sees the global batch; under 'pmap'
+(`axis_name='data'`) it sees one device's shard and makes every batch-level quantity global with
+collectives, so both give the numbers of a one-device run (see `make_train_step`).
 """
 
+import dataclasses
 import functools
-import json
 import os
+import signal
+import sys
+import threading
 import time
 from typing import Any
 
 from flax import struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from tqdm import tqdm
 
 from recurseed_jax import checkpoint as ckpt_lib
-from recurseed_jax import io_utils
 from recurseed_jax import method
+from recurseed_jax import metrics as metrics_lib
 from recurseed_jax import models
+from recurseed_jax import parallel
+
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+BATCH_KEYS = ('image', 'mask', 'valid', 'label')
 
 
 class TrainState(struct.PyTreeNode):
+  """Everything a resumed run needs besides the config (the input position is `step`)."""
   step: jax.Array
   params: Any
   batch_stats: Any
   opt_state: Any
+  rng: jax.Array            # base key (raw uint32[2]); step t draws from fold_in(rng, t)
+  ema_params: Any           # EMA of params, or None when config.train.ema_decay == 0
+  nonfinite: jax.Array      # steps skipped for a non-finite loss or gradient, in total
+  nonfinite_run: jax.Array  # ... in a row, up to this step
   tx: optax.GradientTransformation = struct.field(pytree_node=False)
 
   def saveable(self):
-    return dict(step=self.step, params=self.params, batch_stats=self.batch_stats,
-                opt_state=self.opt_state)
+    tree = dict(step=self.step, params=self.params, batch_stats=self.batch_stats,
+                opt_state=self.opt_state, rng=self.rng, nonfinite=self.nonfinite,
+                nonfinite_run=self.nonfinite_run)
+    if self.ema_params is not None:
+      tree['ema_params'] = self.ema_params
+    return tree
 
   def replace_saved(self, tree):
     return self.replace(**tree)
@@ -71,25 +93,65 @@ def learning_rate(optim_config, total_steps, step):
   return _schedule(optim_config, total_steps)(step)
 
 
+def _keys(config):
+  """(init key, step key) from config.seed."""
+  return jax.random.split(jax.random.PRNGKey(config.seed))
+
+
+def compute_dtype(config):
+  name = config.train.get('dtype', 'float32')
+  if name not in DTYPES:
+    raise ValueError(f'config.train.dtype={name!r} is not one of: {", ".join(DTYPES)}')
+  return DTYPES[name]
+
+
+def build_model(config, num_classes, mode=None):
+  """The network in config.train.dtype (params stay float32); cross-device BatchNorm under pmap."""
+  mode = mode or config.parallel.mode
+  return models.build_model(config.model, num_classes, dtype=compute_dtype(config),
+                            bn_axis_name=parallel.axis_name(mode))
+
+
+def init_state(config, params, batch_stats):
+  """A step-0 TrainState around given variables (optimiser, EMA and guard counters fresh)."""
+  tx = make_optimizer(config.optim, config.train.steps)
+  ema = params if config.train.get('ema_decay', 0.0) > 0 else None
+  zero = jnp.zeros((), jnp.int32)
+  return TrainState(step=zero, params=params, batch_stats=batch_stats, opt_state=tx.init(params),
+                    rng=_keys(config)[1], ema_params=ema, nonfinite=zero, nonfinite_run=zero,
+                    tx=tx)
+
+
 def create_state(config, model, rng, input_shape):
   # An 'rbg' key compiles init in a fraction of threefry's time (one RNG kernel per shape).
   key = jax.random.key(int(jax.random.randint(rng, (), 0, 2**31 - 1)), impl='rbg')
   variables = jax.jit(functools.partial(model.init, train=False))(
       {'params': key}, jnp.zeros(input_shape, jnp.float32))
-  params = variables['params']
-  tx = make_optimizer(config.optim, config.train.steps)
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    batch_stats=variables.get('batch_stats', {}),
-                    opt_state=tx.init(params), tx=tx)
+  # config.model.init: scratch, or ImageNet / RS+EPM / DeepLab weights (models/weights.py).
+  variables = models.apply_init(config.model.init, variables,
+                                strict=config.model.get('init_strict', True))
+  # One compiled program instead of an eager op (and compile) per parameter shape.
+  return jax.jit(functools.partial(init_state, config))(
+      variables['params'], variables.get('batch_stats', {}))
 
 
-def _supervised_losses(config, out, hard, labels, crop):
-  """cls + cam + seg losses of one forward pass against a hard label map."""
+def abstract_state(config, model, input_shape, sharding=None):
+  """The TrainState's shapes and dtypes (nothing computed), with `sharding` on every leaf."""
+  def make():
+    variables = model.init({'params': jax.random.key(0, impl='rbg')},
+                           jnp.zeros(input_shape, jnp.float32), train=False)
+    return init_state(config, variables['params'], variables.get('batch_stats', {}))
+  shapes = jax.eval_shape(make)
+  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
+
+
+def _supervised_losses(config, out, hard, labels, crop, share):
+  """cls + cam + seg losses of one forward pass against a hard label map (see make_train_step)."""
   seg_up = method.resize(out['seg'], crop)
-  cls = method.multilabel_soft_margin(out['logits'], labels)
-  seg = method.seg_cross_entropy(seg_up, hard)
+  cls = share(method.multilabel_soft_margin_parts(out['logits'], labels))
+  seg = share(method.seg_cross_entropy_parts(seg_up, hard))
   seg_probs = jax.nn.softmax(out['seg'], axis=-1)[..., 1:]
-  cam = method.cam_loss(out['cam'], seg_probs, labels, kind=config.loss.cam_kind)
+  cam = share(method.cam_loss_parts(out['cam'], seg_probs, labels, kind=config.loss.cam_kind))
   total = config.loss.cls * cls + config.loss.cam * cam + config.loss.seg * seg
   return total, dict(cls=cls, cam=cam, seg=seg)
 
@@ -101,7 +163,8 @@ def _scg_kwargs(config):
 def make_seed(config, out, images, labels, valid, step):
   """The RecurSeed seed of a clean forward pass: recursion switch, refinement, certainty filter.
 
-  Returns (soft seed at crop size [B,H,W,C], hard labels [B,H,W]). Everything is stop-gradient.
+  Returns (soft seed at crop size [B,H,W,C], hard labels [B,H,W]). Everything is stop-gradient
+  and per image, so it needs no collectives under pmap.
   """
   out = jax.lax.stop_gradient(out)
   crop = images.shape[1:3]
@@ -128,140 +191,339 @@ def make_seed(config, out, images, labels, valid, step):
 SUPERVISIONS = ('weak', 'cam', 'full')
 
 
-def make_train_step(config, model, supervision='weak'):
-  """Builds the pure step.
+def _where(cond, new, old):
+  return jax.tree.map(lambda n, o: jnp.where(cond, n, o), new, old)
+
+
+def make_train_step(config, model, supervision='weak', axis_name=None):
+  """Builds the pure step `(state, batch, use_mix=False) -> (state, metrics)`.
 
   supervision: 'weak' (RecurSeed, image labels only), 'cam' (the plain-CAM baseline: the
   classification loss alone) or 'full' (the true masks: the upper bound).
+  axis_name: None when the step sees the global batch (one device, or jit over a mesh); the
+  pmap axis when it sees one device's shard. Then (the model must use the same axis for its
+  BatchNorm): every loss and metric is a ratio whose numerator stays per device and whose
+  denominator is summed over devices, so the per-device shares add up (psum) to the global
+  value; gradients are summed over devices; CertainMix pairs images over the gathered global
+  batch with the same key on every device. Only dropout differs: each device draws its own mask.
+
+  A step whose loss or gradient is not finite changes nothing but the step and the guard
+  counters (state.nonfinite, state.nonfinite_run; metrics 'finite').
   """
   if supervision not in SUPERVISIONS:
     raise ValueError(f'supervision={supervision!r} is not one of {SUPERVISIONS}')
+  ema_decay = float(config.train.get('ema_decay', 0.0))
+
+  def share(parts):
+    total, count = parts
+    return total / jnp.maximum(parallel.psum(jax.lax.stop_gradient(count), axis_name), 1.0)
 
   def forward(params, batch_stats, images, rng):
     out, mutated = model.apply({'params': params, 'batch_stats': batch_stats}, images,
                                train=True, mutable=['batch_stats'], rngs={'dropout': rng})
     return out, mutated['batch_stats']
 
-  def step_fn(state, batch, rng, use_mix=False):
+  def mix(rng, images, src, labels):
+    # Pairs over the global batch (gathered under pmap, then this device's rows kept), so the
+    # pairing is the same whatever the device count.
+    local = images.shape[0]
+    everything = parallel.gather_batch((images, src, labels), axis_name)
+    mixed = method.mix_batch(rng, *everything, kind=config.mix.kind,
+                             class_prob=config.mix.class_prob, min_area=config.mix.min_area)
+    return parallel.local_rows(mixed[:3], axis_name, local)
+
+  def step_fn(state, batch, use_mix=False):
     if use_mix and supervision != 'weak':
       raise ValueError('mixing needs seeds: use_mix only with supervision="weak"')
-    rng = jax.random.fold_in(rng, state.step)
+    rng = jax.random.fold_in(state.rng, state.step)
     r_drop, r_mix, r_drop2 = jax.random.split(rng, 3)
+    r_drop, r_drop2 = (parallel.device_key(k, axis_name) for k in (r_drop, r_drop2))
     images, labels, valid = batch['image'], batch['label'], batch['valid']
     crop = images.shape[1:3]
 
     def loss_fn(params):
       out, stats = forward(params, state.batch_stats, images, r_drop)
       if supervision == 'cam':
-        cls = method.multilabel_soft_margin(out['logits'], labels)
+        cls = share(method.multilabel_soft_margin_parts(out['logits'], labels))
         return cls, (stats, dict(cls=cls, loss=cls))
       metrics = {}
       if supervision == 'full':
         hard = batch['mask']
       else:
         seed, hard = make_seed(config, out, images, labels, valid, state.step)
-      total, terms = _supervised_losses(config, out, hard, labels, crop)
+      total, terms = _supervised_losses(config, out, hard, labels, crop, share)
       metrics.update(terms)
       if supervision != 'full':
         certain = hard != 255
-        metrics['seed_coverage'] = certain.mean()
-        gt = batch['mask']
-        ok = certain & (gt != 255)
-        metrics['seed_precision'] = jnp.sum((hard == gt) & ok) / jnp.maximum(jnp.sum(ok), 1)
+        metrics['seed_coverage'] = share((jnp.sum(certain), jnp.float32(certain.size)))
+        ok = certain & (batch['mask'] != 255)
+        metrics['seed_precision'] = share((jnp.sum((hard == batch['mask']) & ok), jnp.sum(ok)))
       if use_mix:
-        if config.mix.kind == 'classmix':
-          mix_src = method.argmax_labels(seed, valid=valid)
-        else:
-          mix_src = hard
-        mixed_x, mixed_hard, mixed_y, _ = method.mix_batch(
-            r_mix, images, mix_src, labels, kind=config.mix.kind,
-            class_prob=config.mix.class_prob, min_area=config.mix.min_area)
+        src = method.argmax_labels(seed, valid=valid) if config.mix.kind == 'classmix' else hard
+        mixed_x, mixed_hard, mixed_y = mix(r_mix, images, src, labels)
         out2, stats = forward(params, stats, mixed_x, r_drop2)
-        total2, terms2 = _supervised_losses(config, out2, mixed_hard, mixed_y, crop)
+        total2, terms2 = _supervised_losses(config, out2, mixed_hard, mixed_y, crop, share)
         total = total + total2
         metrics.update({f'mix_{k}': v for k, v in terms2.items()})
       metrics['loss'] = total
       return total, (stats, metrics)
 
     grads, (stats, metrics) = jax.grad(loss_fn, has_aux=True)(state.params)
+    grads, metrics = parallel.psum((grads, metrics), axis_name)
+    # One reduction over the gradient norm, not an isfinite per leaf: the per-leaf form tripled
+    # the full step's compile time. (A finite gradient whose squared norm overflows is skipped too.)
+    finite = jnp.isfinite(metrics['loss']) & jnp.isfinite(optax.global_norm(grads))
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    ema = state.ema_params
+    if ema is not None:
+      # Warm-up of the decay (as TF's ExponentialMovingAverage with num_updates): early EMA
+      # weights do not stay stuck near the random init.
+      t = state.step.astype(jnp.float32)
+      d = jnp.minimum(ema_decay, (1.0 + t) / (10.0 + t))
+      ema = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, ema, params)
+    # A non-finite step keeps the old state (the optimiser's schedule counts applied updates).
+    params, opt_state, stats, ema = _where(
+        finite, (params, opt_state, stats, ema),
+        (state.params, state.opt_state, state.batch_stats, state.ema_params))
+    bad = (~finite).astype(jnp.int32)
+    nonfinite_run = jnp.where(finite, 0, state.nonfinite_run + 1)
     metrics['lr'] = learning_rate(config.optim, config.train.steps, state.step)
+    metrics['finite'] = finite.astype(jnp.float32)
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=stats,
-                              opt_state=opt_state)
+                              opt_state=opt_state, ema_params=ema,
+                              nonfinite=state.nonfinite + bad, nonfinite_run=nonfinite_run)
+    metrics['nonfinite'] = new_state.nonfinite
+    metrics['nonfinite_run'] = nonfinite_run
     return new_state, metrics
 
   return step_fn
 
 
-def train(config, workdir, data, *, supervision='weak', desc='train', data_iter_fn=None):
+@dataclasses.dataclass
+class Setup:
+  """One config's model, mesh and compiled steps: what the loop and the benchmarks use.
+
+  `setup()` builds it. `state = s.init_state()` is a replicated step-0 state; `s.step(use_mix)`
+  is the compiled f(state, batch) -> (state, metrics) (state donated; `.lower(state, batch)`
+  compiles ahead of time); `s.put_batch(numpy_batch)` places this process's batch slice.
+  """
+  config: Any
+  model: Any
+  mesh: Any
+  mode: str
+  supervision: str
+  step_fn: Any
+  _compiled: dict = dataclasses.field(default_factory=dict)
+
+  @property
+  def input_shape(self):
+    crop = self.config.data.crop_size
+    return (1, crop, crop, 3)
+
+  def step(self, use_mix=False):
+    if use_mix not in self._compiled:
+      self._compiled[use_mix] = parallel.compile_step(self.step_fn, self.mesh, self.mode, use_mix)
+    return self._compiled[use_mix]
+
+  def init_state(self):
+    init_rng, _ = _keys(self.config)
+    state = create_state(self.config, self.model, init_rng, self.input_shape)
+    return parallel.replicate(state, self.mesh)
+
+  def abstract_state(self):
+    return abstract_state(self.config, self.model, self.input_shape,
+                          parallel.replicated(self.mesh))
+
+  def put_batch(self, batch):
+    return parallel.shard_batch({k: batch[k] for k in BATCH_KEYS}, self.mesh, self.mode)
+
+
+def setup(config, num_classes, supervision='weak', mesh=None):
+  """Checks the batch against the devices (before any compute) and builds the step."""
+  mesh = parallel.make_mesh() if mesh is None else mesh
+  mode = config.parallel.mode
+  parallel.check_batch_size(config.train.batch_size, mesh)
+  parallel.check_rng_partitionable()
+  model = build_model(config, num_classes, mode)
+  step_fn = make_train_step(config, model, supervision, axis_name=parallel.axis_name(mode))
+  return Setup(config=config, model=model, mesh=mesh, mode=mode, supervision=supervision,
+               step_fn=step_fn)
+
+
+# --- the loop ----------------------------------------------------------------------------------
+
+
+class Interrupted(Exception):
+  """SIGTERM / SIGINT (or a multi-host preemption notice): the state was saved, rerun to resume."""
+
+  def __init__(self, message, signum):
+    super().__init__(message)
+    self.signum = signum
+
+
+class NonFiniteError(RuntimeError):
+  """Too many steps in a row had a non-finite loss or gradient."""
+
+
+class _Signals:
+  """Records SIGTERM / SIGINT instead of dying, so the loop can save at a step boundary.
+
+  Single-process runs only: in a multi-host run, JAX's preemption service owns SIGTERM and the
+  loop asks the checkpoint manager for the common stop step instead. A second SIGINT while the
+  flag is set raises KeyboardInterrupt (a user insisting).
+  """
+
+  def __init__(self):
+    self.received = None
+    self._old = {}
+
+  def _handler(self, signum, frame):
+    del frame
+    if self.received is not None and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.received = signum
+
+  def __enter__(self):
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+      for s in (signal.SIGTERM, signal.SIGINT):
+        self._old[s] = signal.signal(s, self._handler)
+    return self
+
+  def __exit__(self, *exc):
+    for s, old in self._old.items():
+      signal.signal(s, old)
+
+
+def _use_mix(config, supervision, step):
+  return supervision == 'weak' and config.mix.kind != 'none' and step >= config.mix.start_step
+
+
+class _Logger:
+  """Per-step host bookkeeping of fetched metrics: guard, JSONL / TensorBoard, progress bar."""
+
+  def __init__(self, config, writer, bar, start):
+    self.config, self.writer, self.bar = config, writer, bar
+    self.every = config.train.log_every
+    self.total = config.train.steps
+    self.max_nonfinite = config.train.get('max_nonfinite', 5)
+    self.t0 = self.t_last = time.time()
+    self.step_last = start
+
+  def __call__(self, step, metrics):
+    m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    self.bar.update(1)
+    if not m.pop('finite'):
+      run = int(m['nonfinite_run'])
+      tqdm.write(f'step {step}: non-finite loss or gradient, update skipped '
+                 f'({run} in a row, {int(m["nonfinite"])} in total)', file=sys.stderr)
+      if run >= self.max_nonfinite:
+        raise NonFiniteError(
+            f'training stopped at step {step}: steps {step - run + 1}..{step} had a non-finite '
+            f'loss or gradient (config.train.max_nonfinite={self.max_nonfinite}); lower '
+            'config.optim.lr or check the input. The last checkpoint holds the state before.')
+    if step % self.every and step != self.total:
+      return
+    now = time.time()
+    m['img_per_s'] = round((step - self.step_last) * self.config.train.batch_size /
+                           max(now - self.t_last, 1e-9), 2)
+    m['seconds'] = round(now - self.t0, 2)
+    self.t_last, self.step_last = now, step
+    self.writer.write(step, m)
+    post = dict(loss=f"{m['loss']:.3f}", img_s=f"{m['img_per_s']:.1f}")
+    if 'seed_coverage' in m:
+      post['cover'] = f"{m['seed_coverage']:.2f}"
+    self.bar.set_postfix(**post)
+
+
+def train(config, workdir, num_classes, *, supervision='weak', desc='train', data_iter_fn=None,
+          mesh=None):
   """Runs (or resumes) training into `workdir`; returns the final variables.
 
-  `data` is the training split (numpy arrays); `data_iter_fn(start_step)` returns the batch
-  iterator. Checkpoints: `<workdir>/checkpoints`; metrics: `<workdir>/metrics.jsonl`.
+  `data_iter_fn(start_step)` returns this process's batch iterator from global step start_step
+  on (numpy dicts with image, mask, valid, label; a process's slice of the global batch).
+  Checkpoints: `<workdir>/checkpoints` (every train.checkpoint_every steps, at the end, and on
+  SIGTERM / SIGINT, after which Interrupted is raised); metrics: `<workdir>/metrics.jsonl` and
+  TensorBoard events in `<workdir>` (process 0 only). Raises NonFiniteError after
+  train.max_nonfinite non-finite steps in a row.
   """
-  num_classes = data['labels'].shape[1]
-  model = models.build_model(config.model, num_classes)
-  crop = config.data.crop_size
-  rng = jax.random.PRNGKey(config.seed)
-  init_rng, step_rng = jax.random.split(rng)
-  state = create_state(config, model, init_rng, (1, crop, crop, 3))
   total = config.train.steps
-  os.makedirs(workdir, exist_ok=True)
-  with ckpt_lib.Checkpoints(os.path.join(workdir, 'checkpoints'), keep=config.train.keep_checkpoints,
-                            every=config.train.checkpoint_every) as ckpts:
+  if total == 0:  # inference from config.model.init only (see restore_variables)
+    return None
+  s = setup(config, num_classes, supervision, mesh)
+  lead = jax.process_index() == 0
+  if lead:
+    os.makedirs(workdir, exist_ok=True)
+  with ckpt_lib.Checkpoints(os.path.join(workdir, 'checkpoints'),
+                            keep=config.train.keep_checkpoints,
+                            every=config.train.checkpoint_every,
+                            async_save=config.train.get('async_checkpoints', True)) as ckpts:
     start = ckpts.latest_step() or 0
     if start:
+      state = s.abstract_state()
       state = state.replace_saved(ckpts.restore(state.saveable()))
+    else:
+      state = s.init_state()
     if start >= total:
-      return {'params': state.params, 'batch_stats': state.batch_stats}
-    step_fn = make_train_step(config, model, supervision)
-    jit_step = jax.jit(step_fn, static_argnames=('use_mix',), donate_argnums=(0,))
+      return _variables(state)
     batches = data_iter_fn(start)
-    log_path = os.path.join(workdir, 'metrics.jsonl')
-    _truncate_log(log_path, start)
-    t0 = time.time()
-    bar = tqdm(range(start, total), desc=desc, initial=start, total=total, dynamic_ncols=True)
-    for step in bar:
-      batch = next(batches)
-      batch = {k: batch[k] for k in ('image', 'mask', 'valid', 'label')}
-      use_mix = supervision == 'weak' and config.mix.kind != 'none' and step >= config.mix.start_step
-      state, metrics = jit_step(state, batch, step_rng, use_mix=use_mix)
-      done = step + 1
-      if done % config.train.log_every == 0 or done == total:
-        m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        m.update(step=done, seconds=round(time.time() - t0, 2))
-        with open(log_path, 'a') as f:
-          f.write(json.dumps(m) + '\n')
-        bar.set_postfix(loss=f"{m['loss']:.3f}", **({'cover': f"{m['seed_coverage']:.2f}"}
-                                                    if 'seed_coverage' in m else {}))
-      ckpts.save(done, state.saveable(), force=done == total)
+    writer = metrics_lib.MetricWriter(workdir, start, enabled=lead,
+                                      tensorboard=config.train.get('tensorboard', True))
+    bar = tqdm(desc=desc, initial=start, total=total, dynamic_ncols=True, disable=not lead)
+    log = _Logger(config, writer, bar, start)
+    pending = None  # (step, metrics) not yet fetched: fetching lags one step behind dispatch
+    with writer, bar, _Signals() as signals:
+      for step in range(start, total):
+        batch = s.put_batch(next(batches))
+        state, metrics = s.step(_use_mix(config, supervision, step))(state, batch)
+        done = step + 1
+        if pending:
+          log(*pending)
+        pending = (done, metrics)
+        preempted = ckpts.reached_preemption(done)
+        stop = signals.received is not None or preempted
+        if ckpts.due(done) or done == total or stop:
+          log(*pending)  # The log never lags behind a checkpoint (resume truncates to it).
+          pending = None
+          ckpts.save(done, state.saveable())
+        if stop and done < total:
+          ckpts.wait()
+          signum = signals.received or signal.SIGTERM
+          raise Interrupted(
+              f'{signal.Signals(signum).name} received: stopped after step {done} of {total} and '
+              f'saved checkpoint {done} in {ckpts.directory}; rerun the same command to resume',
+              signum)
+  return _variables(state)
+
+
+def _variables(state):
   return {'params': state.params, 'batch_stats': state.batch_stats}
 
 
-def _truncate_log(path, step):
-  """Drops log lines past the checkpoint a run resumes from (they will be logged again)."""
-  if not os.path.exists(path):
-    return
-  keep = []
-  with open(path) as f:
-    for line in f:
-      try:
-        if json.loads(line)['step'] <= step:
-          keep.append(line)
-      except (ValueError, KeyError):  # a line cut short by a kill
-        pass
-  io_utils.atomic_write_bytes(path, ''.join(keep).encode())
-
-
 def restore_variables(config, workdir, num_classes):
-  """The final variables of a finished training run in `workdir` (for inference)."""
+  """The final variables of a finished training run in `workdir` (for inference).
+
+  With config.rs.seed_from_ema (and an EMA in the checkpoint) the params are the EMA params.
+  """
   model = models.build_model(config.model, num_classes)
   crop = config.data.crop_size
-  state = create_state(config, model, jax.random.PRNGKey(0), (1, crop, crop, 3))
+  if config.train.steps == 0:  # no training: infer straight from the imported weights
+    shapes = jax.eval_shape(functools.partial(model.init, train=False),
+                            jax.random.key(0, impl='rbg'), jnp.zeros((1, crop, crop, 3)))
+    like = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), shapes)
+    return model, models.apply_init(config.model.init, like,
+                                    strict=config.model.get('init_strict', True))
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  state = abstract_state(config, model, (1, crop, crop, 3), device)
   with ckpt_lib.Checkpoints(os.path.join(workdir, 'checkpoints')) as ckpts:
     tree = ckpts.restore(state.saveable())
-  return model, {'params': tree['params'], 'batch_stats': tree['batch_stats']}
+  params = tree['params']
+  if config.rs.get('seed_from_ema', False):
+    if 'ema_params' not in tree:
+      raise ValueError(f'config.rs.seed_from_ema is set but {workdir} was trained without an '
+                       'EMA (config.train.ema_decay=0)')
+    params = tree['ema_params']
+  return model, {'params': params, 'batch_stats': tree['batch_stats']}
 
 
 def is_finished(config, workdir):

@@ -26,7 +26,10 @@ from recurseed_jax import train
 NUM_CLASSES = 5
 CROP = 32
 BATCH = 4
-METRIC_KEYS = {'cls', 'cam', 'seg', 'loss', 'lr', 'seed_coverage', 'seed_precision'}
+GUARD_KEYS = {'finite', 'nonfinite', 'nonfinite_run'}
+METRIC_KEYS = {'cls', 'cam', 'seg', 'loss', 'lr', 'seed_coverage', 'seed_precision'} | GUARD_KEYS
+# Logged per step: the metrics (the guard's 'finite' only as a warning) and the host's timings.
+LOG_KEYS = METRIC_KEYS - {'finite'} | {'step', 'seconds', 'img_per_s'}
 
 
 def _config(**overrides):
@@ -37,6 +40,7 @@ def _config(**overrides):
   cfg.train.steps = 2
   cfg.train.log_every = 1
   cfg.train.checkpoint_every = 1
+  cfg.train.ema_decay = 0.9  # every step below also updates the EMA
   return reference.override(cfg, overrides)
 
 
@@ -110,18 +114,19 @@ def _model_and_state():
 
   variables = jax.tree_util.tree_map_with_path(
       lambda p, s: jnp.asarray(init(p, s), jnp.float32), shapes)
-  params = variables['params']
-  tx = train.make_optimizer(cfg.optim, cfg.train.steps)
-  state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                           batch_stats=variables['batch_stats'], opt_state=tx.init(params), tx=tx)
-  return model, state
+  return model, train.init_state(cfg, variables['params'], variables['batch_stats'])
 
 
 def _one_step(cfg, supervision='weak', use_mix=False):
+  """(state, new state, metrics, the jitted step: reuse it to avoid a compile)."""
   model, state = _model_and_state()
   step = jax.jit(train.make_train_step(cfg, model, supervision), static_argnames=('use_mix',))
-  new_state, metrics = step(state, _batch(), jax.random.PRNGKey(1), use_mix=use_mix)
-  return state, new_state, {k: float(v) for k, v in jax.device_get(metrics).items()}
+  new_state, metrics = step(state, _batch(), use_mix=use_mix)
+  return state, new_state, _floats(metrics), step
+
+
+def _floats(metrics):
+  return {k: float(v) for k, v in jax.device_get(metrics).items()}
 
 
 def _assert_params_changed(old, new):
@@ -136,7 +141,7 @@ def _assert_params_changed(old, new):
 
 def test_weak_step_with_mix_no_refinement():
   cfg = _config(**{'rs.refine': 'none', 'mix.kind': 'certainmix'})
-  state, new_state, m = _one_step(cfg, use_mix=True)
+  state, new_state, m, _ = _one_step(cfg, use_mix=True)
   assert set(m) == METRIC_KEYS | {'mix_cls', 'mix_cam', 'mix_seg'}
   assert all(np.isfinite(v) for v in m.values()), m
   np.testing.assert_allclose(
@@ -152,7 +157,7 @@ def test_weak_step_with_mix_no_refinement():
 
 
 def test_weak_step_pamr():
-  state, new_state, m = _one_step(_config(**{'rs.refine': 'pamr'}))
+  state, new_state, m, _ = _one_step(_config(**{'rs.refine': 'pamr'}))
   assert set(m) == METRIC_KEYS
   assert all(np.isfinite(v) for v in m.values()), m
   np.testing.assert_allclose(m['loss'], m['cls'] + m['cam'] + m['seg'], rtol=1e-5)
@@ -160,18 +165,51 @@ def test_weak_step_pamr():
   _assert_params_changed(state.params, new_state.params)
 
 
-def test_full_supervision_step():
-  state, new_state, m = _one_step(_config(), supervision='full')
-  assert set(m) == {'cls', 'cam', 'seg', 'loss', 'lr'}
+def test_full_supervision_step_ema_and_nonfinite_guard():
+  state, new_state, m, step = _one_step(_config(), supervision='full')
+  assert set(m) == {'cls', 'cam', 'seg', 'loss', 'lr'} | GUARD_KEYS
   assert all(np.isfinite(v) for v in m.values()), m
   np.testing.assert_allclose(m['loss'], m['cls'] + m['cam'] + m['seg'], rtol=1e-5)
-  assert int(new_state.step) == 1
+  assert int(new_state.step) == 1 and m['finite'] == 1 and m['nonfinite'] == 0
   _assert_params_changed(state.params, new_state.params)
+  # EMA with the decay's warm-up: min(0.9, (1 + 0) / (10 + 0)) = 0.1 at step 0.
+  expected = jax.tree.map(lambda p0, p1: 0.1 * p0 + 0.9 * p1, jax.device_get(state.params),
+                          jax.device_get(new_state.params))
+  for e, x in zip(jax.tree.leaves(expected), jax.tree.leaves(jax.device_get(new_state.ema_params))):
+    np.testing.assert_allclose(x, e, rtol=1e-5, atol=1e-7)
+  # A NaN pixel: the step is skipped (state kept, counters up), with the same compiled step.
+  bad = _batch()
+  bad['image'][1, 3, 3, 0] = np.nan
+  kept = jax.device_get(new_state)
+  after, m = step(new_state, bad, use_mix=False)  # as compiled (a default would recompile)
+  m, after = _floats(m), jax.device_get(after)
+  assert m['finite'] == 0 and m['nonfinite'] == 1 and m['nonfinite_run'] == 1
+  assert int(after.step) == 2 and int(after.nonfinite) == 1
+  for name in ('params', 'batch_stats', 'opt_state', 'ema_params'):
+    assert not any(jax.tree.leaves(_differs(getattr(kept, name), getattr(after, name)))), name
+  after2, m = step(after, _batch(3), use_mix=False)
+  assert float(m['finite']) == 1 and int(after2.nonfinite_run) == 0 and int(after2.nonfinite) == 1
+
+
+def test_bfloat16_computes_in_bf16_with_fp32_params_and_losses():
+  cfg = _config(**{'train.dtype': 'bfloat16'})
+  model = train.build_model(cfg, NUM_CLASSES)
+  assert model.dtype == jnp.bfloat16
+  _, state = _model_and_state()
+  out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False),
+                       {'params': state.params, 'batch_stats': state.batch_stats},
+                       _batch()['image'])
+  assert out['features']['stage5'].dtype == jnp.bfloat16
+  assert out['cam'].dtype == out['seg'].dtype == out['logits'].dtype == jnp.float32
+  new_state, metrics = jax.eval_shape(
+      functools.partial(train.make_train_step(cfg, model), use_mix=True), state, _batch())
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(new_state.params))
+  assert all(metrics[k].dtype == jnp.float32 for k in ('loss', 'cls', 'seg', 'cam', 'mix_seg'))
 
 
 def test_cam_baseline_step_trains_only_the_cam_path():
-  state, new_state, m = _one_step(_config(), supervision='cam')
-  assert set(m) == {'cls', 'loss', 'lr'}
+  state, new_state, m, _ = _one_step(_config(), supervision='cam')
+  assert set(m) == {'cls', 'loss', 'lr'} | GUARD_KEYS
   assert m['loss'] == m['cls'] and np.isfinite(m['loss'])
   changed = _differs(state.params, new_state.params)
   assert all(jax.tree.leaves(changed['classifier']))
@@ -315,12 +353,6 @@ def _metrics(workdir):
     return [json.loads(line) for line in f]
 
 
-def _fake_data():
-  return dict(images=np.zeros((8, CROP, CROP, 3), np.uint8),
-              masks=np.zeros((8, CROP, CROP), np.uint8),
-              labels=np.zeros((8, NUM_CLASSES), np.uint8))
-
-
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):
   """train() for 2 steps (weak, SCG) with a checkpoint each step."""
@@ -328,7 +360,7 @@ def trained(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('train') / 'run')
   finished_before = train.is_finished(cfg, workdir)
   batches = _Batches()
-  variables = train.train(cfg, workdir, _fake_data(), supervision='weak', data_iter_fn=batches)
+  variables = train.train(cfg, workdir, NUM_CLASSES, supervision='weak', data_iter_fn=batches)
   return dict(cfg=cfg, workdir=workdir, variables=variables, batches=batches,
               finished_before=finished_before)
 
@@ -343,8 +375,8 @@ def test_train_two_steps_and_is_finished(trained):
   logs = _metrics(workdir)
   assert [m['step'] for m in logs] == [1, 2]
   for m in logs:  # weak supervision with SCG, no mix before mix.start_step
-    assert set(m) == METRIC_KEYS | {'step', 'seconds'}
-    assert all(np.isfinite(m[k]) for k in METRIC_KEYS)
+    assert set(m) == LOG_KEYS
+    assert all(np.isfinite(m[k]) for k in LOG_KEYS)
   variables = trained['variables']
   assert set(variables) == {'params', 'batch_stats'}
   assert _tree_allfinite(variables)
@@ -366,7 +398,7 @@ def test_train_resumes_from_last_checkpoint(trained):
   cfg = _config(**{'rs.refine': 'scg', 'train.steps': 4})
   assert not train.is_finished(cfg, workdir)
   batches = _Batches()
-  variables = train.train(cfg, workdir, _fake_data(), supervision='weak', data_iter_fn=batches)
+  variables = train.train(cfg, workdir, NUM_CLASSES, supervision='weak', data_iter_fn=batches)
   assert batches.starts == [2] and batches.served == 2
   logs = _metrics(workdir)
   assert [m['step'] for m in logs] == [1, 2, 3, 4]
