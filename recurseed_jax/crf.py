@@ -1,11 +1,11 @@
 """DenseCRF refinement of seeds into pseudo masks (METHOD.md section 5), on a host process pool.
 
-The CRF runs over background + the kept classes of each image only, and the argmax is mapped back
-to the dataset's label space. `run_crf` consumes a (possibly device-fed) generator of seeds through
-a bounded queue, so seed inference on the accelerator overlaps with the CRF on the CPU cores.
+The CRF runs over background + the kept classes of each image only (its cost grows with the label
+count), and the argmax is mapped back to the dataset's label space. `run_crf` pulls its items on a
+background thread through a bounded queue and hands them to a process pool, so a device-fed item
+generator (seed inference) keeps running while the CPU cores do the CRF.
 """
 
-import collections
 import concurrent.futures as cf
 import multiprocessing
 import os
@@ -101,20 +101,22 @@ def _remove_stale_temps(out_dir):
         pass
 
 
-def run_crf(items, out_dir, *, params, workers=2, desc='crf', total=None):
+def run_crf(items, out_dir, *, params, workers=2, queue_size=8, desc='crf', total=None):
   """Runs `crf_label_map` over a stream of seeds and writes `<out_dir>/<image_id>.png`.
 
-  Resumable: an image whose PNG exists is skipped (its item is still consumed). With workers > 0,
-  a 'spawn' process pool (safe beside jax/tf threads in the parent) is fed at most 2 * workers
-  items at a time, so a lazily computed `items` generator overlaps with the CRF and memory stays
-  bounded. Stale temp files of a killed run in `out_dir` are removed first, so do not point two
-  concurrent runs at one folder.
+  `items` is iterated on a background thread at most `queue_size` items ahead, so when it is a
+  generator running seed inference the device goes on while the pool works; a 'spawn' process
+  pool (safe beside jax/tf threads in the parent) holds at most 2 * workers items. Resumable: an
+  image whose PNG exists is skipped (its item is still consumed); every PNG is written to a temp
+  name and renamed, and stale temp files of a killed run in `out_dir` are removed first, so do
+  not point two concurrent runs at one folder.
 
   Args:
     items: iterable of (image_id, image uint8 [H, W, 3], seed float [H, W, 1 + K], keys [K]).
     out_dir: output folder, created if missing.
     params: `dense_crf` keyword arguments (see `crf_params_from_config`).
     workers: pool size; 0 runs inline in this process.
+    queue_size: items the producer thread may run ahead of the pool.
     desc: progress bar label.
     total: item count for the progress bar (defaults to len(items) when it has one).
 
@@ -132,6 +134,7 @@ def run_crf(items, out_dir, *, params, workers=2, desc='crf', total=None):
   pending = {}  # future -> image_id
   max_in_flight = 2 * max(workers, 1)
   bar = tqdm.tqdm(total=total, desc=desc, unit='img', dynamic_ncols=True)
+  feed = io_utils.background_iter(items, queue_size)
 
   def collect(done):
     for fut in done:
@@ -143,7 +146,7 @@ def run_crf(items, out_dir, *, params, workers=2, desc='crf', total=None):
       bar.update(1)
 
   try:
-    for image_id, image, seed, keys in items:
+    for image_id, image, seed, keys in feed:
       path = os.path.join(out_dir, f'{image_id}.png')
       if os.path.exists(path):
         counts['skipped'] += 1
@@ -168,6 +171,7 @@ def run_crf(items, out_dir, *, params, workers=2, desc='crf', total=None):
       done, _ = cf.wait(list(pending), return_when=cf.FIRST_COMPLETED)
       collect(done)
   finally:
+    feed.close()  # stops the producer thread (and closes its generator) on errors
     if pool is not None:
       pool.shutdown(wait=True, cancel_futures=True)
     bar.close()

@@ -1,4 +1,5 @@
-"""Visual overlays (image | seed heat | prediction | ground truth) and the VOC submission tree."""
+"""Visual overlays (image | seed heat | prediction | ground truth), the VOC submission tree and
+label-map PNGs in the format other tools expect (VOC palette or 8-bit grey, e.g. COCO 0..80)."""
 
 import os
 import shutil
@@ -10,6 +11,7 @@ from PIL import Image
 from recurseed_jax import io_utils
 
 VOC_RESULTS_SUBDIR = os.path.join('results', 'VOC2012', 'Segmentation', 'comp6_test_cls')
+MASK_FORMATS = ('palette', 'gray')
 
 
 def jet(x):
@@ -91,3 +93,27 @@ def voc_submission_tree(pred_dir, out_root, ids=None):
       for path, arcname in members:
         tar.add(path, arcname=arcname)
   return tar_path
+
+
+def write_masks(src_dir, out_dir, fmt='palette', ids=None):
+  """Rewrites the label-map PNGs of `src_dir` into `out_dir` as palette ('P', VOC colours) or
+  8-bit grey ('L') PNGs; the values (class ids, 255 ignore) are unchanged. Returns the paths."""
+  if fmt not in MASK_FORMATS:
+    raise ValueError(f'mask format {fmt!r} is not one of: {", ".join(MASK_FORMATS)}')
+  if not os.path.isdir(src_dir):
+    raise FileNotFoundError(f'no folder {src_dir} to export masks from')
+  if ids is None:
+    ids = sorted(n[:-4] for n in os.listdir(src_dir)
+                 if n.endswith('.png') and not io_utils.is_temp_name(n))
+  os.makedirs(out_dir, exist_ok=True)
+  paths = []
+  for image_id in ids:
+    mask = io_utils.load_mask_png(os.path.join(src_dir, f'{image_id}.png'))
+    path = os.path.join(out_dir, f'{image_id}.png')
+    if fmt == 'palette':
+      io_utils.save_palette_png(path, mask)
+    else:
+      with io_utils.atomic_path(path) as tmp:
+        Image.fromarray(np.ascontiguousarray(mask)).save(tmp, format='PNG')  # 2-D uint8: 'L'
+    paths.append(path)
+  return paths

@@ -1,48 +1,43 @@
-"""Multi-scale + flip inference to seeds and predictions (METHOD.md section 5).
+"""Multi-scale + flip inference over padded bucket shapes (METHOD.md section 5).
 
-`make_predict_fn` jits one function per input shape: the scales and the flip are unrolled inside
-it (static), so a set of same-sized images compiles once.
+Shapes are static so that nothing compiles per image: each image is padded bottom/right to the
+smallest bucket (config.infer.buckets) that holds it, batches have a fixed size per bucket (the
+last one padded), and `predict` unrolls every scale and the flip, so a split compiles once per
+bucket. Each image's valid size travels with the batch; padding never leaks into its result:
+
+- Multi-scale resize: each image's valid rectangle is resized on its own (per-image bilinear
+  weights, half-pixel centres, edges clamped, exactly `jax.image.resize` of the image alone) onto
+  a canvas of round(bucket * scale) rounded up to `align`; the flip mirrors the valid columns only.
+- The network: every conv sees zeros past the valid rectangle at its own resolution (what its zero
+  padding would show it), so the backbone, the CAM and the ASPP branches match the image run
+  alone; the ASPP image-pooling branch averages over the valid cells only; the ASPP output is
+  edge-extended before the decoder upsamples it; class logits are the mean CAM over valid cells.
+- Outputs are resized from their valid cells back to each image's size and are zero past it.
+
+The result equals a run on the unpadded image to float precision whenever each scaled image size
+is a multiple of the output stride; otherwise only the segmentation head differs slightly (the
+decoder upsamples the ASPP map by exactly output_stride / 4 on the canvas, but by
+ceil(h / 4) / ceil(h / os) on an unpadded image), about 1e-2 in softmax scores (tests/test_infer).
+
+Host side: `run_split` decodes and pads the next batch on a background thread while the device
+runs the current one, and shards each batch over the devices when given a sharding.
 """
 
+import math
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from recurseed_jax import method
+from recurseed_jax import io_utils
+from recurseed_jax.models import deeplab
+from recurseed_jax.models import resnet
+
+_HIGHEST = jax.lax.Precision.HIGHEST
 
 
-def make_predict_fn(model, scales=(1.0,), flip=True):
-  """Returns jitted `predict(variables, images) -> dict(cam, seg, class_prob)` at image size.
-
-  cam: mean over passes of relu(CAM) resized to the image [B,H,W,C]; seg: mean softmax of the
-  segmentation head [B,H,W,C+1]; class_prob: mean sigmoid of the class logits [B,C].
-  """
-  scales = tuple(float(s) for s in scales)
-
-  @jax.jit
-  def predict(variables, images):
-    b, h, w = images.shape[:3]
-    cams, segs, probs, n = 0.0, 0.0, 0.0, 0
-    for s in scales:
-      size = (max(int(round(h * s)), 1), max(int(round(w * s)), 1))
-      x = images if size == (h, w) else method.resize(images, size)
-      if flip:  # both orientations in one batch: one model call per scale
-        x = jnp.concatenate([x, x[:, :, ::-1]], axis=0)
-      out = model.apply(variables, x, train=False)
-      cam = method.resize(jax.nn.relu(out['cam']), (h, w))
-      seg = method.resize(jax.nn.softmax(out['seg'], axis=-1), (h, w))
-      prob = jax.nn.sigmoid(out['logits'])
-      if flip:
-        cam = cam[:b] + cam[b:, :, ::-1]
-        seg = seg[:b] + seg[b:, :, ::-1]
-        prob = prob[:b] + prob[b:]
-      cams, segs, probs = cams + cam, segs + seg, probs + prob
-      n += 2 if flip else 1
-    return dict(cam=cams / n, seg=segs / n, class_prob=probs / n)
-
-  return predict
-
-
+# --- per-pixel products ------------------------------------------------------------------------
 def normalized_scores(fg, keep, eps=1e-5):
   """Foreground scores of kept classes, each divided by its spatial max. fg [B,H,W,C]."""
   fg = jnp.maximum(fg, 0) * keep[:, None, None, :]
@@ -73,46 +68,341 @@ def keep_classes(class_prob, labels=None, threshold=0.34):
   return (class_prob >= threshold).astype(jnp.float32)
 
 
+def _quantize(x):
+  return jnp.round(jnp.clip(x, 0, 1) * 255).astype(jnp.uint8)
+
+
 def quantize(x):
   """[0, 1] floats -> uint8 (seeds are stored compactly, never pickled)."""
-  return np.asarray(jnp.round(jnp.clip(x, 0, 1) * 255), np.uint8)
+  return np.asarray(_quantize(x))
 
 
 def dequantize(q):
   return q.astype(np.float32) / 255.0
 
 
-def batched(n, batch_size):
-  for start in range(0, n, batch_size):
-    yield start, min(start + batch_size, n)
-
-
-def run_inference(predict, variables, images, mean, std, batch_size, labels=None,
-                  class_threshold=0.34, progress=None):
-  """Runs `predict` over uint8 images [N,H,W,3] in fixed-size batches (the last one padded).
-
-  Yields per batch: (start, stop, keep [n,C], cam scores [n,H,W,C] normalised, seg softmax
-  [n,H,W,C+1]) as numpy arrays.
-  """
-  mean = np.asarray(mean, np.float32)
-  std = np.asarray(std, np.float32)
-  n = len(images)
-  for start, stop in batched(n, batch_size):
-    x = (images[start:stop].astype(np.float32) / 255.0 - mean) / std
-    pad = batch_size - len(x)
-    if pad:  # one static batch shape: no recompilation for the last batch
-      x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
-    out = predict(variables, x)
-    out = {k: v[: stop - start] for k, v in out.items()}
-    keep = keep_classes(out['class_prob'], None if labels is None else labels[start:stop],
-                        class_threshold)
-    cam = normalized_scores(out['cam'], keep)
-    yield (start, stop, np.asarray(keep), np.asarray(cam), np.asarray(out['seg']))
-    if progress is not None:
-      progress.update(stop - start)
-
-
 @jax.jit
 def seg_scores(seg, keep):
   """Seed scores from the segmentation head: kept foreground softmax channels, max-normalised."""
   return normalized_scores(seg[..., 1:], keep)
+
+
+def host_seed(scores, bg_power=2.0):
+  """Numpy twin of seed_with_background for one stored seed: uint8 [H,W,K] -> float [H,W,1+K]."""
+  s = dequantize(np.asarray(scores))
+  top = s.max(axis=-1, keepdims=True) if s.shape[-1] else np.zeros(s.shape[:2] + (1,), s.dtype)
+  return np.concatenate([(1.0 - top) ** bg_power, s], axis=-1)
+
+
+def host_seed_labels(scores, classes, bg_power=2.0):
+  """A stored seed's label map: uint8 [H,W], 0 background, c + 1 for class index c."""
+  lut = np.concatenate([[0], np.asarray(classes, np.int64) + 1]).astype(np.uint8)
+  return lut[np.argmax(host_seed(scores, bg_power), axis=-1)]
+
+
+# --- padding-exact multi-scale forward ---------------------------------------------------------
+def _axis_weights(n_in, n_out, valid_in, valid_out, flip):
+  """[B, n_out, n_in] bilinear weights taking the first valid_in entries onto the first valid_out.
+
+  Half-pixel centres, no antialiasing and the source clamped to the valid entries: exactly what
+  jax.image.resize (bilinear, antialias=False) does to the valid part alone. Outputs past
+  valid_out get zero weight; `flip` [B] mirrors the valid outputs.
+  """
+  vi = valid_in.astype(jnp.float32)[:, None]
+  vo = valid_out.astype(jnp.float32)[:, None]
+  o = jnp.arange(n_out, dtype=jnp.float32)[None]
+  inside = o < vo
+  o = jnp.where(flip[:, None], vo - 1.0 - o, o)
+  src = jnp.clip((o + 0.5) * (vi / vo) - 0.5, 0.0, vi - 1.0)
+  lo = jnp.floor(src)
+  frac = jnp.where(inside, src - lo, 0.0)[..., None]
+  hi = jnp.minimum(lo + 1.0, vi - 1.0)
+  i = jnp.arange(n_in, dtype=jnp.float32)
+  w_lo = jnp.where((i == lo[..., None]) & inside[..., None], 1.0 - frac, 0.0)
+  return w_lo + jnp.where(i == hi[..., None], frac, 0.0)
+
+
+def _resize(x, valid_in, valid_out, size, flip):
+  """Per image: the valid_in rectangle of x [B,h,w,C] resized onto the valid_out one of `size`."""
+  wh = _axis_weights(x.shape[1], size[0], valid_in[:, 0], valid_out[:, 0],
+                     jnp.zeros_like(flip))
+  ww = _axis_weights(x.shape[2], size[1], valid_in[:, 1], valid_out[:, 1], flip)
+  y = jnp.einsum('bhwc,bHh->bHwc', x, wh.astype(x.dtype), precision=_HIGHEST)
+  return jnp.einsum('bhwc,bWw->bhWc', y, ww.astype(x.dtype), precision=_HIGHEST)
+
+
+def _canvas(n, scale, align):
+  """Canvas length at `scale` for a bucket of length n: holds every scaled image, aligned."""
+  c = max(int(math.ceil(n * scale - 1e-6)), 1)
+  return -(-c // align) * align
+
+
+def _valid_at(valid_hw, canvas, size):
+  """Valid cells of a map of spatial `size` on `canvas` (stride = canvas / size, ceil rounding)."""
+  if canvas[0] % size[0] or canvas[1] % size[1]:
+    return None
+  stride = jnp.array([canvas[0] // size[0], canvas[1] // size[1]], jnp.int32)
+  return -(-valid_hw // stride)
+
+
+def _rect_mask(valid_hw, size):
+  rows = jnp.arange(size[0])[None] < valid_hw[:, :1]
+  cols = jnp.arange(size[1])[None] < valid_hw[:, 1:]
+  return (rows[:, :, None] & cols[:, None, :])[..., None]
+
+
+def _extend_edges(y, valid_hw):
+  """Repeats the last valid row / column over the padding (what a clamped resize reads)."""
+  rows = jnp.minimum(jnp.arange(y.shape[1])[None], valid_hw[:, :1] - 1)
+  cols = jnp.minimum(jnp.arange(y.shape[2])[None], valid_hw[:, 1:] - 1)
+  y = jnp.take_along_axis(y, rows[:, :, None, None], axis=1)
+  return jnp.take_along_axis(y, cols[:, None, :, None], axis=2)
+
+
+def _is_map(x):
+  return isinstance(x, jax.Array) and x.ndim == 4
+
+
+def _spreads(module):
+  """Whether a module is a conv reading neighbours (1x1 convs keep padding in the padding)."""
+  if not isinstance(module, nn.Conv):
+    return False
+  k = module.kernel_size
+  return any(v > 1 for v in ((k,) if isinstance(k, int) else k))
+
+
+def _padding_interceptor(valid_hw, canvas):
+  """A flax method interceptor making a padded canvas compute what each image would alone.
+
+  Convs wider than 1x1 see zeros past the valid cells (as their zero padding would show them;
+  a 1x1 conv, even strided, maps valid cells from valid cells only); so does the
+  stem's max pool (its input is post-ReLU, so zeros never win over a valid cell); the ASPP
+  image pooling averages valid cells only; the ASPP output is edge-extended for the decoder's
+  upsampling. Masks are built once per resolution: the graph stays small (compile time).
+  """
+  masks, aspp_cells = {}, []
+
+  def valid(y):
+    return _valid_at(valid_hw, canvas, y.shape[1:3])
+
+  def mask(y):
+    key = (y.shape[1:3], y.dtype)
+    if key not in masks:
+      v = valid(y)
+      masks[key] = None if v is None else _rect_mask(v, y.shape[1:3]).astype(y.dtype)
+    return y if masks[key] is None else y * masks[key]
+
+  def interceptor(next_fun, args, kwargs, context):
+    module = context.module
+    if context.method_name != '__call__' or not args or not _is_map(args[0]):
+      return next_fun(*args, **kwargs)
+    x = args[0]
+    if isinstance(module, deeplab.ASPP) or _spreads(module):
+      x = mask(x)
+    if isinstance(module, deeplab.ASPP):
+      v = valid(x)
+      aspp_cells.append((x.shape[1] * x.shape[2]) / (v[:, 0] * v[:, 1]).astype(jnp.float32))
+    elif isinstance(module.parent, deeplab.ASPP) and module.name == 'pool':
+      x = x * aspp_cells[-1][:, None, None, None].astype(x.dtype)  # canvas mean -> valid mean
+    out = next_fun(x, *args[1:], **kwargs)
+    if isinstance(module, deeplab.ASPP):
+      return _extend_edges(out, valid(out))
+    if isinstance(module.parent, resnet.ResNet) and module.name == 'bn1':
+      return mask(out)  # before ReLU and the stem's max pool
+    return out
+
+  return interceptor
+
+
+def make_predict_fn(model, scales=(1.0,), flip=True, align=32):
+  """Returns jitted `predict(variables, images, valid_hw=None) -> dict(cam, seg, class_prob)`.
+
+  images: float [B,H,W,3] normalised, each image's valid part top-left; valid_hw: int [B,2] its
+  size (None: the whole array). align: canvas multiple, a multiple of the model's output stride.
+  cam: mean over passes of relu(CAM) resized to the image [B,H,W,C]; seg: mean softmax of the
+  segmentation head [B,H,W,C+1]; both zero past the valid size. class_prob: mean sigmoid of the
+  class logits [B,C]. See the module docstring for what padding does and does not change.
+  """
+  scales = tuple(float(s) for s in scales)
+
+  @jax.jit
+  def predict(variables, images, valid_hw=None):
+    b, hb, wb = images.shape[:3]
+    if valid_hw is None:
+      valid_hw = jnp.broadcast_to(jnp.array([hb, wb], jnp.int32), (b, 2))
+    hw = jnp.asarray(valid_hw, jnp.int32)
+    x, flips = images, jnp.zeros((b,), bool)
+    if flip:  # both orientations in one batch: one model call per scale
+      x, hw = jnp.concatenate([x, x]), jnp.concatenate([hw, hw])
+      flips = jnp.concatenate([flips, ~flips])
+    cams, segs, probs = 0.0, 0.0, 0.0
+    for s in scales:
+      canvas = (_canvas(hb, s, align), _canvas(wb, s, align))
+      hw_s = jnp.maximum(jnp.round(hw * s), 1).astype(jnp.int32)
+      xs = _resize(x, hw, hw_s, canvas, flips)
+      with nn.intercept_methods(_padding_interceptor(hw_s, canvas)):
+        out = model.apply(variables, xs, train=False)
+      cam_hw = _valid_at(hw_s, canvas, out['cam'].shape[1:3])
+      seg_hw = _valid_at(hw_s, canvas, out['seg'].shape[1:3])
+      if cam_hw is None or seg_hw is None:
+        raise ValueError(f'canvas {canvas} is not a multiple of the output strides; '
+                         f'align={align} must be a multiple of the output stride')
+      cam = out['cam'] * _rect_mask(cam_hw, out['cam'].shape[1:3])
+      logits = cam.sum((1, 2)) / (cam_hw[:, :1] * cam_hw[:, 1:]).astype(jnp.float32)
+      # Back to the image, un-mirroring the flipped half on the way.
+      cams = cams + _resize(jax.nn.relu(cam), cam_hw, hw, (hb, wb), flips)
+      segs = segs + _resize(jax.nn.softmax(out['seg'], axis=-1), seg_hw, hw, (hb, wb), flips)
+      probs = probs + jax.nn.sigmoid(logits)
+    if flip:
+      cams, segs, probs = cams[:b] + cams[b:], segs[:b] + segs[b:], probs[:b] + probs[b:]
+    n = len(scales) * (2 if flip else 1)
+    return dict(cam=cams / n, seg=segs / n, class_prob=probs / n)
+
+  return predict
+
+
+def make_infer_step(predict, mean, std, class_threshold=0.34, num_kept=None):
+  """Returns jitted `step(variables, images, valid_hw, labels) -> dict` of compact products.
+
+  images: uint8 [B,H,W,3] padded; valid_hw int [B,2]; labels float [B,C] (classes kept: the
+  image labels) or None (classes kept: mean probability >= class_threshold).
+  Returns class_prob [B,C] and, with num_kept None (predictions): keep bool [B,C] and pred uint8
+  [B,H,W] (argmax over background + kept classes); with num_kept = K (seeds): classes int32
+  [B,K] (the kept class indices in order, then -1) and uint8 [B,H,W,K] seeds of those classes,
+  `cam` (max-normalised CAM) and `seg` (max-normalised segmentation softmax).
+  """
+  mean = np.asarray(mean, np.float32)
+  std = np.asarray(std, np.float32)
+
+  @jax.jit
+  def step(variables, images, valid_hw, labels):
+    x = (images.astype(jnp.float32) / 255.0 - mean) / std
+    out = predict(variables, x, valid_hw)
+    keep = keep_classes(out['class_prob'], labels, class_threshold)
+    if num_kept is None:
+      return dict(class_prob=out['class_prob'], keep=keep > 0,
+                  pred=segmentation_label_map(out['seg'], keep))
+    # Kept classes first (stable: in class order), so K channels hold all of them.
+    order = jnp.argsort(keep <= 0, axis=-1, stable=True)[:, :num_kept]
+    classes = jnp.where(jnp.take_along_axis(keep, order, axis=-1) > 0, order, -1)
+
+    def take(scores):
+      return _quantize(jnp.take_along_axis(scores, order[:, None, None, :], axis=-1))
+
+    return dict(class_prob=out['class_prob'], classes=classes.astype(jnp.int32),
+                cam=take(normalized_scores(out['cam'], keep)),
+                seg=take(normalized_scores(out['seg'][..., 1:], keep)))
+
+  return step
+
+
+# --- host side: buckets, batches, the loop -----------------------------------------------------
+def pick_bucket(size, buckets):
+  """Index of the smallest-area bucket (H, W) holding an image of `size`, or None."""
+  fits = [(b[0] * b[1], i) for i, b in enumerate(buckets) if size[0] <= b[0] and size[1] <= b[1]]
+  return min(fits)[1] if fits else None
+
+
+def plan_batches(split, indices, buckets, batch_size):
+  """[((H, W), [image indices])]: grouped by bucket, in order, at most batch_size each.
+
+  buckets: [(H, W)]; each image goes to the smallest (by area) that holds it. Empty: one bucket,
+  the largest height and width among these images.
+  """
+  sizes = {i: tuple(int(v) for v in split.size(i)) for i in indices}
+  if not sizes:
+    return []
+  buckets = [tuple(int(v) for v in b) for b in buckets]
+  if not buckets:
+    buckets = [tuple(max(s[d] for s in sizes.values()) for d in (0, 1))]
+  groups = {}
+  for i, size in sizes.items():
+    b = pick_bucket(size, buckets)
+    if b is None:
+      raise ValueError(f'image {split.ids[i]!r} is {size[0]}x{size[1]}, larger than every bucket '
+                       f'in config.infer.buckets={tuple(buckets)}; add a bucket that holds it')
+    groups.setdefault(b, []).append(i)
+  return [(buckets[b], groups[b][k:k + batch_size]) for b in sorted(groups)
+          for k in range(0, len(groups[b]), batch_size)]
+
+
+def load_batch(split, indices, bucket, batch_size, with_labels):
+  """Decodes and pads one batch: images uint8 [B,H,W,3], valid_hw int32 [B,2], labels or None."""
+  h, w = bucket
+  images = np.zeros((batch_size, h, w, 3), np.uint8)
+  valid_hw = np.tile(np.array([[h, w]], np.int32), (batch_size, 1))  # padding entries: full
+  for j, i in enumerate(indices):
+    image = np.asarray(split.image(i))
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+      raise ValueError(f'image {split.ids[i]!r}: expected uint8 [H, W, 3], got '
+                       f'{image.dtype} {image.shape}')
+    if image.shape[0] > h or image.shape[1] > w:
+      raise ValueError(f'image {split.ids[i]!r} is {image.shape[:2]}, larger than its bucket '
+                       f'{bucket} (split.size({i}) said otherwise)')
+    images[j, :image.shape[0], :image.shape[1]] = image
+    valid_hw[j] = image.shape[:2]
+  labels = None
+  if with_labels:
+    labels = np.zeros((batch_size, split.labels.shape[1]), np.float32)
+    labels[:len(indices)] = split.labels[indices]
+  return dict(indices=list(indices), images=images, valid_hw=valid_hw, labels=labels)
+
+
+def _unpack(batch, outs):
+  """Per real image of a finished batch: (index, image, {name: cropped numpy products})."""
+  outs = jax.device_get(outs)
+  for j, i in enumerate(batch['indices']):
+    h, w = (int(v) for v in batch['valid_hw'][j])
+    per_model = {}
+    for name, out in outs.items():
+      res = {'class_prob': out['class_prob'][j]}
+      if 'pred' in out:
+        res['keep'] = np.flatnonzero(out['keep'][j])
+        res['pred'] = out['pred'][j, :h, :w]
+      else:
+        k = int((out['classes'][j] >= 0).sum())
+        res['classes'] = out['classes'][j, :k]
+        res['cam'] = out['cam'][j, :h, :w, :k]
+        res['seg'] = out['seg'][j, :h, :w, :k]
+      per_model[name] = res
+    yield i, batch['images'][j, :h, :w], per_model
+
+
+def run_split(step, variables, split, indices, buckets, batch_size, *, with_labels,
+              sharding=None, prefetch=2, progress=None):
+  """Runs `step` (make_infer_step) of every model over the images `indices` of a split.
+
+  Args:
+    step: the jitted step; compiles once per bucket (and per labels / no labels).
+    variables: {name: model variables}; each batch runs every model (one decode per image).
+    split: data_pipeline/splits.py interface.
+    indices: which images, e.g. those without outputs yet.
+    buckets: [(H, W)]; each image goes to the smallest that holds it (see plan_batches).
+    batch_size: fixed per call; with a sharding, a multiple of the device count.
+    with_labels: keep the image labels' classes (training images) or threshold (val/test).
+    sharding: a jax.sharding.Sharding for the batch (e.g. NamedSharding(mesh, P('data'))), or
+      None for the default device; variables should then be replicated by the caller.
+    prefetch: batches decoded ahead on a background thread.
+    progress: object with update(n), e.g. a tqdm bar.
+
+  Yields:
+    (index, image uint8 [h, w, 3], {name: products}) per image, bucket by bucket; products as
+    make_infer_step's, cropped to the image and, for seeds, to its kept classes.
+  """
+  plan = plan_batches(split, indices, buckets, batch_size)
+  batches = (load_batch(split, idx, bucket, batch_size, with_labels) for bucket, idx in plan)
+  put = (lambda a: a) if sharding is None else (lambda a: jax.device_put(a, sharding))
+  pending = None
+  for batch in io_utils.background_iter(batches, prefetch):
+    args = [put(batch['images']), put(batch['valid_hw'])]
+    labels = None if batch['labels'] is None else put(batch['labels'])
+    outs = {name: step(v, *args, labels) for name, v in variables.items()}
+    if pending is not None:  # dispatch is asynchronous: this one runs while we unpack the last
+      yield from _unpack(*pending)
+      if progress is not None:
+        progress.update(len(pending[0]['indices']))
+    pending = (batch, outs)
+  if pending is not None:
+    yield from _unpack(*pending)
+    if progress is not None:
+      progress.update(len(pending[0]['indices']))

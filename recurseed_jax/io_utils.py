@@ -1,4 +1,4 @@
-"""Small host-side file helpers: atomic writes, JSON, VOC palette PNG masks.
+"""Small host-side helpers: atomic writes, JSON, VOC palette PNG masks, a background iterator.
 
 Every file a stage writes goes through `atomic_path`, so a killed run never leaves a half-written
 file under the final name (a rerun then treats the file as missing and redoes it).
@@ -7,6 +7,8 @@ file under the final name (a rerun then treats the file as missing and redoes it
 import contextlib
 import json
 import os
+import queue
+import threading
 
 import numpy as np
 from PIL import Image
@@ -61,6 +63,64 @@ def save_npz(path, **arrays):
   with atomic_path(path) as tmp:
     with open(tmp, 'wb') as f:
       np.savez(f, **arrays)
+
+
+def save_npz_compressed(path, **arrays):
+  """Like save_npz, deflated (smooth uint8 seeds shrink several fold); load with np.load."""
+  with atomic_path(path) as tmp:
+    with open(tmp, 'wb') as f:
+      np.savez_compressed(f, **arrays)
+
+
+def _put(q, item, stop):
+  # Gives up when the consumer has stopped, so the producer thread can end.
+  while not stop.is_set():
+    try:
+      q.put(item, timeout=0.05)
+      return True
+    except queue.Full:
+      pass
+  return False
+
+
+def background_iter(iterable, depth):
+  """Iterates `iterable` on a thread, at most `depth` items ahead of the consumer.
+
+  Host work (decoding, device inference feeding a CRF pool) then overlaps with the consumer's.
+  An exception in the producer is raised here; when the consumer stops early, the producer
+  stops after its current item and its generator is closed on its own thread.
+  """
+  q = queue.Queue(maxsize=max(int(depth), 1))
+  stop = threading.Event()
+  end = object()
+
+  def produce():
+    it = iter(iterable)
+    try:
+      for item in it:
+        if not _put(q, (None, item), stop):
+          return
+      _put(q, (None, end), stop)
+    except BaseException as e:  # pylint: disable=broad-except
+      _put(q, (e, None), stop)
+    finally:
+      close = getattr(it, 'close', None)
+      if close is not None:
+        close()
+
+  thread = threading.Thread(target=produce, name='background_iter', daemon=True)
+  thread.start()
+  try:
+    while True:
+      err, item = q.get()
+      if err is not None:
+        raise err
+      if item is end:
+        return
+      yield item
+  finally:
+    stop.set()
+    thread.join()
 
 
 def voc_palette(n=256):

@@ -7,6 +7,8 @@ The data provider is passed in (built by launch.py from data_pipeline/), so this
 imports tensorflow.
 """
 
+import collections
+import concurrent.futures as cf
 import dataclasses
 import json
 import os
@@ -22,6 +24,7 @@ from recurseed_jax import evaluate as eval_lib
 from recurseed_jax import export as export_lib
 from recurseed_jax import infer
 from recurseed_jax import io_utils
+from recurseed_jax import parallel
 from recurseed_jax import train as train_lib
 
 STAGES = ('train', 'seeds', 'crf', 'evaluate', 'export')
@@ -31,7 +34,7 @@ STAGES = ('train', 'seeds', 'crf', 'evaluate', 'export')
 class Run:
   config: Any
   workdir: str
-  data: Any  # .split(name) -> dict(images, masks, labels, ids); .train_batches(start, full)
+  data: Any  # provider: .split(name) (data_pipeline/splits.py), .train_batches(start_step)
   class_names: list
 
   def path(self, *parts):
@@ -65,140 +68,316 @@ def _enabled_runs(config):
 
 
 def stage_train(run):
-  data = run.data.split('train')
+  def batches(start_step):  # this process's slice of every global batch (multi-host)
+    return run.data.train_batches(start_step, process_index=jax.process_index(),
+                                  process_count=jax.process_count())
+
   for name, supervision in _enabled_runs(run.config):
-    train_lib.train(run.config, run.path(name), data, supervision=supervision,
-                    desc=f'train {TITLES[name]}', data_iter_fn=run.data.train_batches)
+    train_lib.train(run.config, run.path(name), run.num_classes, supervision=supervision,
+                    desc=f'train {TITLES[name]}', data_iter_fn=batches)
 
 
 # --- seeds -------------------------------------------------------------------------------------
-def _infer_split(run, workdir, split, use_labels, desc):
-  """Runs multi-scale inference of the model in `workdir` over a split."""
+# Seeds of one training image: seeds/train/<id>.npz (np.savez_compressed, load with
+# allow_pickle=False) holding `classes` (uint8 [K], the kept class indices, 0-based) and uint8
+# [H, W, K] max-normalised scores of those classes, quantised to 1/255: `rs` (RecurSeed: the
+# segmentation head), `rs_cam` (the CAM head of the same network) and, with train.cam_baseline,
+# `cam` (the plain-CAM baseline). Val / test predictions: predictions/<name>/<id>.png.
+SEED_KEYS = ('cam', 'rs_cam', 'rs')
+
+
+def _seed_path(run, image_id):
+  return run.path('seeds', 'train', f'{image_id}.npz')
+
+
+def _mask_path(run, image_id):
+  return run.path('pseudo_masks', f'{image_id}.png')
+
+
+def _split_or_none(run, name):
+  """The provider's split `name`, or None (with the reason) where the dataset has none."""
+  try:
+    return run.data.split(name), None
+  except (ValueError, FileNotFoundError, KeyError) as e:
+    return None, str(e)
+
+
+class _Writer:
+  """Encodes and writes files on a few threads (zlib and PNG release the GIL), boundedly."""
+
+  def __init__(self, threads, limit=64):
+    self.pool = cf.ThreadPoolExecutor(max(int(threads), 1), thread_name_prefix='writer')
+    self.pending = collections.deque()
+    self.limit = limit
+
+  def submit(self, fn, *args, **kwargs):
+    while len(self.pending) >= self.limit:
+      self.pending.popleft().result()
+    self.pending.append(self.pool.submit(fn, *args, **kwargs))
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    try:
+      while self.pending:
+        self.pending.popleft().result()
+    finally:
+      self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _Inference:
+  """Models restored on first use, one predict function, the batch sharding over all devices."""
+
+  def __init__(self, run):
+    self.run = run
+    cfg = run.config
+    self.mesh = parallel.make_mesh(jax.local_devices())
+    if cfg.infer.batch_size % self.mesh.size:
+      raise ValueError(f'config.infer.batch_size={cfg.infer.batch_size} must be a multiple of the '
+                       f'{self.mesh.size} devices (each takes an equal share of a batch)')
+    self.sharding = parallel.batch_sharding(self.mesh) if self.mesh.size > 1 else None
+    self.model = None
+    self._variables = {}
+    self._steps = {}
+
+  def variables(self, name):
+    if name not in self._variables:
+      model, v = train_lib.restore_variables(self.run.config, self.run.path(name),
+                                             self.run.num_classes)
+      if self.model is None:  # one architecture: every run shares the compiled step
+        self.model = model
+      self._variables[name] = v if self.sharding is None else parallel.replicate(v, self.mesh)
+    return self._variables[name]
+
+  def step(self, num_kept):
+    if num_kept not in self._steps:
+      cfg = self.run.config
+      predict = infer.make_predict_fn(self.model, cfg.infer.scales, cfg.infer.flip,
+                                      align=cfg.model.output_stride)
+      self._steps[num_kept] = infer.make_infer_step(predict, cfg.data.mean, cfg.data.std,
+                                                    cfg.infer.class_threshold, num_kept)
+    return self._steps[num_kept]
+
+  def run_split(self, names, split, indices, num_kept, desc):
+    """run_split of the models in workdir subfolders `names` ({key: subfolder})."""
+    cfg = self.run.config
+    variables = {key: self.variables(name) for key, name in names.items()}
+    with tqdm(total=len(indices), desc=desc, unit='img', dynamic_ncols=True) as bar:
+      yield from infer.run_split(self.step(num_kept), variables, split, indices,
+                                 cfg.infer.buckets, cfg.infer.batch_size,
+                                 with_labels=num_kept is not None, sharding=self.sharding,
+                                 prefetch=cfg.infer.prefetch, progress=bar)
+
+
+def _crf_item(image_id, image, scores, classes, bg_power):
+  return image_id, image, infer.host_seed(scores, bg_power), np.asarray(classes, np.int64) + 1
+
+
+def _load_seed(run, image_id):
+  path = _seed_path(run, image_id)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'missing seeds {path}: run the seeds stage (--stages=seeds,crf)')
+  with np.load(path, allow_pickle=False) as z:
+    return {k: z[k] for k in z.files}
+
+
+def _seeds_pipeline(run, with_crf):
+  """Everything the seeds stage does, resumably; yields CRF items when `with_crf`.
+
+  Training images without a seed file get their seeds (one decode, every model on the batch);
+  with `with_crf`, the RecurSeed seed of each image whose pseudo mask is missing is yielded as it
+  comes off the device. Then the val (and test) predictions. Last, seeds saved by an earlier run
+  whose pseudo mask is still missing are yielded from disk.
+  """
   cfg = run.config
-  data = run.data.split(split)
-  model, variables = train_lib.restore_variables(cfg, workdir, run.num_classes)
-  predict = infer.make_predict_fn(model, cfg.infer.scales, cfg.infer.flip)
-  n = len(data['images'])
-  with tqdm(total=n, desc=desc, dynamic_ncols=True) as bar:
-    for out in infer.run_inference(predict, variables, data['images'], cfg.data.mean,
-                                   cfg.data.std, cfg.infer.batch_size,
-                                   labels=data['labels'] if use_labels else None,
-                                   class_threshold=cfg.infer.class_threshold, progress=bar):
-      yield out
+  train = run.data.split('train')
+  os.makedirs(run.path('seeds', 'train'), exist_ok=True)
+  todo = [i for i, image_id in enumerate(train.ids)
+          if not os.path.exists(_seed_path(run, image_id))]
+  engine = _Inference(run)
+  with _Writer(cfg.infer.io_threads) as writer:
+    if todo:
+      names = {'rs': 'train'}
+      if cfg.train.cam_baseline:
+        names['cam'] = 'cam_baseline'
+      num_kept = max(1, int((train.labels[todo] > 0).sum(axis=1).max()))
+      for i, image, out in engine.run_split(names, train, todo, num_kept, 'seeds'):
+        image_id = train.ids[i]
+        rs = out['rs']
+        arrays = dict(classes=rs['classes'].astype(np.uint8), rs=rs['seg'], rs_cam=rs['cam'])
+        if 'cam' in out:
+          arrays['cam'] = out['cam']['cam']
+        writer.submit(io_utils.save_npz_compressed, _seed_path(run, image_id), **arrays)
+        if with_crf and not os.path.exists(_mask_path(run, image_id)):
+          yield _crf_item(image_id, image, arrays['rs'], arrays['classes'], cfg.infer.bg_power)
+    for split_name, names in _prediction_targets(run):
+      if split_name == 'test':  # only some datasets have one
+        split, _ = _split_or_none(run, split_name)
+        if split is None:
+          continue
+      else:
+        split = run.data.split(split_name)
+      dirs = {key: run.path('predictions', key) for key in names}
+      for d in dirs.values():
+        os.makedirs(d, exist_ok=True)
+      todo_p = [i for i, image_id in enumerate(split.ids)
+                if not all(os.path.exists(os.path.join(d, f'{image_id}.png'))
+                           for d in dirs.values())]
+      if not todo_p:
+        continue
+      for i, _, out in engine.run_split(names, split, todo_p, None, f'predict {split_name}'):
+        for key, res in out.items():
+          path = os.path.join(dirs[key], f'{split.ids[i]}.png')
+          if not os.path.exists(path):
+            writer.submit(io_utils.save_palette_png, path, res['pred'])
+  if with_crf:
+    done = set(todo)
+    for i, image_id in enumerate(train.ids):
+      if i not in done and not os.path.exists(_mask_path(run, image_id)):
+        seed = _load_seed(run, image_id)
+        yield _crf_item(image_id, train.image(i), seed['rs'], seed['classes'], cfg.infer.bg_power)
 
 
-def _train_seeds(run, name, with_seg):
-  """uint8 seeds of the training images from the model in `name`: its CAM and its seg head."""
-  n = len(run.data.split('train')['images'])
-  cam_q, seg_q = None, None
-  for start, stop, keep, cam, seg in _infer_split(run, run.path(name), 'train', True,
-                                                  f'seeds {TITLES[name]}'):
-    if cam_q is None:
-      cam_q = np.zeros((n,) + cam.shape[1:], np.uint8)
-      seg_q = np.zeros_like(cam_q) if with_seg else None
-    cam_q[start:stop] = infer.quantize(cam)
-    if with_seg:
-      seg_q[start:stop] = infer.quantize(infer.seg_scores(seg, keep))
-  return cam_q, seg_q
+def _prediction_targets(run):
+  """[(split, {output name: model subfolder})]: the segmentation head(s) on val, and on test."""
+  val = {'val': 'train'}
+  if run.config.train.upper_bound:
+    val['val_upper_bound'] = 'upper_bound'
+  return [('val', val), ('test', {'test': 'train'})]
 
 
 def stage_seeds(run):
-  """Seeds of the training images; val predictions of the segmentation head(s).
-
-  seeds/train.npz holds `rs` (RecurSeed: the segmentation head's seed), `rs_cam` (the CAM head
-  of the same network) and, when the baseline is trained, `cam` (the plain CAM baseline).
-  """
-  os.makedirs(run.path('seeds'), exist_ok=True)
-  arrays = {}
-  arrays['rs_cam'], arrays['rs'] = _train_seeds(run, 'train', with_seg=True)
-  if run.config.train.cam_baseline:
-    arrays['cam'], _ = _train_seeds(run, 'cam_baseline', with_seg=False)
-  io_utils.save_npz(run.path('seeds', 'train.npz'), **arrays)
-  sources = [('val', 'train')]
-  if run.config.train.upper_bound:
-    sources.append(('val_upper_bound', 'upper_bound'))
-  for out_name, name in sources:
-    preds = []
-    for _, _, keep, _, seg in _infer_split(run, run.path(name), 'val', False,
-                                           f'predict val {TITLES[name]}'):
-      preds.append(np.asarray(infer.segmentation_label_map(seg, keep)))
-    io_utils.save_npz(run.path('seeds', f'{out_name}.npz'), pred=np.concatenate(preds))
+  """Seeds of the training images (seeds/train/<id>.npz); val/test predictions (PNG)."""
+  for _ in _seeds_pipeline(run, with_crf=False):
+    pass
 
 
 # --- crf ---------------------------------------------------------------------------------------
-def _crf_items(run):
+def _crf_kwargs(run, total):
   cfg = run.config
-  data = run.data.split('train')
-  rs = np.load(run.path('seeds', 'train.npz'), allow_pickle=False)['rs']
-  for i, image_id in enumerate(data['ids']):
-    keys = np.flatnonzero(data['labels'][i])
-    scores = infer.dequantize(rs[i][..., keys])
-    seed = np.asarray(infer.seed_with_background(scores[None], cfg.infer.bg_power))[0]
-    yield image_id, data['images'][i], seed, keys + 1
+  return dict(params=crf_lib.crf_params_from_config(cfg.crf), workers=cfg.crf.workers,
+              queue_size=cfg.crf.queue_size, desc='crf', total=total)
+
+
+def _missing_masks(run, train):
+  return [i for i, image_id in enumerate(train.ids)
+          if not os.path.exists(_mask_path(run, image_id))]
 
 
 def stage_crf(run):
-  """DenseCRF on the RecurSeed seeds -> pseudo masks (palette PNGs), resumable per image."""
+  """DenseCRF on the saved RecurSeed seeds -> pseudo masks (palette PNGs), resumable per image."""
   cfg = run.config
-  result = crf_lib.run_crf(_crf_items(run), run.path('pseudo_masks'),
-                           params=crf_lib.crf_params_from_config(cfg.crf),
-                           workers=cfg.crf.workers, desc='crf')
-  return result
+  train = run.data.split('train')
+  todo = _missing_masks(run, train)
+
+  def items():
+    for i in todo:
+      seed = _load_seed(run, train.ids[i])
+      yield _crf_item(train.ids[i], train.image(i), seed['rs'], seed['classes'],
+                      cfg.infer.bg_power)
+
+  return crf_lib.run_crf(items(), run.path('pseudo_masks'), **_crf_kwargs(run, len(todo)))
+
+
+def stage_seeds_and_crf(run):
+  """Both stages at once: each RecurSeed seed goes to the CRF pool while the device goes on."""
+  total = len(_missing_masks(run, run.data.split('train')))
+  return crf_lib.run_crf(_seeds_pipeline(run, with_crf=True), run.path('pseudo_masks'),
+                         **_crf_kwargs(run, total))
 
 
 # --- evaluate ----------------------------------------------------------------------------------
-def _miou(preds, gts, num_labels):
-  conf = np.zeros((num_labels, num_labels), np.int64)
-  for p, g in zip(preds, gts):
-    conf += eval_lib.confusion_matrix(p, g, num_labels)
-  return eval_lib.scores(conf)
+def _train_confusions(run, train, num_labels):
+  """Confusion matrices of every seed kind and of the pseudo masks over the training images."""
+  bg_power = run.config.infer.bg_power
+
+  def one(i):
+    image_id = train.ids[i]
+    gt = train.mask(i)
+    out = {}
+    seed = _load_seed(run, image_id)
+    for key in SEED_KEYS:
+      if key in seed:
+        pred = infer.host_seed_labels(seed[key], seed['classes'], bg_power)
+        out[f'{key}_seed'] = eval_lib.confusion_matrix(pred, gt, num_labels)
+    path = _mask_path(run, image_id)
+    if not os.path.exists(path):
+      raise FileNotFoundError(f'missing pseudo mask {path}: run the crf stage')
+    out['pseudo_mask'] = eval_lib.confusion_matrix(io_utils.load_mask_png(path), gt, num_labels)
+    return out
+
+  return eval_lib.sum_confusions(one, range(len(train)), desc='evaluate train')
 
 
-def stage_evaluate(run):
-  """mIoU of every product against the true masks -> summary.json and evaluation.md."""
-  cfg = run.config
-  labels = run.num_classes + 1
-  train, val = run.data.split('train'), run.data.split('val')
-  seeds = np.load(run.path('seeds', 'train.npz'), allow_pickle=False)
+def stage_evaluate(run, log=print):
+  """mIoU, per-class IoU and FP/FN of every product -> summary.json and evaluation.md."""
+  num_labels = run.num_classes + 1
   results = {}
-  for key in ('cam', 'rs_cam', 'rs'):
-    if key not in seeds:
-      continue
-    q = seeds[key]
-    preds = (np.asarray(infer.seed_label_map(infer.dequantize(q[i:i + 64]), cfg.infer.bg_power))
-             for i in range(0, len(q), 64))
-    results[f'{key}_seed'] = _miou((p for batch in preds for p in batch), train['masks'], labels)
-  masks = (io_utils.load_mask_png(run.path('pseudo_masks', f'{i}.png')) for i in train['ids'])
-  results['pseudo_mask'] = _miou(masks, train['masks'], labels)
-  results['val'] = _miou(np.load(run.path('seeds', 'val.npz'))['pred'], val['masks'], labels)
-  if os.path.exists(run.path('seeds', 'val_upper_bound.npz')):
-    results['upper_bound_val'] = _miou(np.load(run.path('seeds', 'val_upper_bound.npz'))['pred'],
-                                       val['masks'], labels)
+  train = run.data.split('train')
+  if train.has_masks:
+    confs = _train_confusions(run, train, num_labels)
+    results = {key: {**eval_lib.scores(confs[key]), 'num_images': len(train)} for key in
+               [f'{k}_seed' for k in SEED_KEYS] + ['pseudo_mask'] if key in confs}
+  else:
+    log('[evaluate] the train split has no masks: seeds and pseudo masks are not scored')
+  val = run.data.split('val')
+  for key, folder in (('val', 'val'), ('upper_bound_val', 'val_upper_bound')):
+    pred_dir = run.path('predictions', folder)
+    if val.has_masks and (key == 'val' or os.path.isdir(pred_dir)):
+      results[key] = eval_lib.evaluate_split(pred_dir, val, num_labels)
   names = ['background'] + list(run.class_names)
-  report = []
-  for key, sc in results.items():
-    report.append(f'## {key}\n\n' + eval_lib.format_table(sc, names) + '\n')
-  io_utils.atomic_write_bytes(run.path('evaluation.md'), '\n'.join(report).encode())
-  summary = {f'{k}_miou': float(v['miou']) for k, v in results.items()}
-  io_utils.save_json(run.path('summary.json'), summary)
+  io_utils.atomic_write_bytes(run.path('evaluation.md'),
+                              eval_lib.report(results, names, TABLE_TITLES).encode())
+  io_utils.save_json(run.path('summary.json'),
+                     {f'{k}_miou': float(v['miou']) for k, v in results.items()})
+
+
+TABLE_TITLES = dict(
+    cam_seed='CAM seed, plain-CAM baseline (train)', rs_cam_seed='CAM seed, RecurSeed (train)',
+    rs_seed='RecurSeed seed (train)', pseudo_mask='pseudo masks after CRF (train)',
+    val='segmentation head (val)', upper_bound_val='fully supervised upper bound (val)')
 
 
 # --- export ------------------------------------------------------------------------------------
-def stage_export(run):
-  """Overlays (image | RecurSeed seed | pseudo mask | truth) for a sample of training images."""
+def stage_export(run, log=print):
+  """Overlays of a sample of training images; the VOC test submission; masks in a chosen format.
+
+  overlays/<id>.png: image | RecurSeed seed heat | pseudo mask | truth. submission/results/
+  VOC2012/Segmentation/comp6_test_cls/<id>.png and submission/results.tar.gz when the dataset
+  has a test split. export/<folder>/<id>.png for each folder of config.export.mask_dirs.
+  """
   cfg = run.config
   train = run.data.split('train')
-  rs = np.load(run.path('seeds', 'train.npz'), allow_pickle=False)['rs']
-  k = min(cfg.export.num_overlays, len(train['ids']))
+  n = len(train)
+  k = min(cfg.export.num_overlays, n)
+  sample = sorted(set(np.linspace(0, n - 1, k).round().astype(int).tolist())) if k else []
 
   def panels():
-    for i in range(k):
-      heat = infer.dequantize(rs[i]).max(axis=-1)
-      pred = io_utils.load_mask_png(run.path('pseudo_masks', f"{train['ids'][i]}.png"))
-      yield (train['ids'][i],
-             export_lib.overlay_panel(train['images'][i], heat, pred, train['masks'][i]))
+    for i in sample:
+      image_id = train.ids[i]
+      image = train.image(i)
+      rs = _load_seed(run, image_id)['rs']
+      heat = infer.dequantize(rs).max(axis=-1) if rs.shape[-1] else np.zeros(image.shape[:2])
+      pred = io_utils.load_mask_png(_mask_path(run, image_id))
+      gt = train.mask(i) if train.has_masks else None
+      yield image_id, export_lib.overlay_panel(image, heat, pred, gt)
 
   export_lib.write_overlays(run.path('overlays'), panels())
+  test, why = _split_or_none(run, 'test')
+  if not cfg.export.submission:
+    pass
+  elif test is None:
+    log(f'[export] no test split, VOC submission skipped ({why})')
+  else:
+    tar = export_lib.voc_submission_tree(run.path('predictions', 'test'), run.path('submission'),
+                                         ids=test.ids)
+    log(f'[export] VOC test submission: {tar}')
+  for folder in [f.strip() for f in cfg.export.mask_dirs.split(',') if f.strip()]:
+    out = export_lib.write_masks(run.path(folder), run.path('export', folder),
+                                 cfg.export.mask_format)
+    log(f'[export] {len(out)} masks of {folder} -> {run.path("export", folder)} '
+        f'({cfg.export.mask_format})')
 
 
 _FUNCS = dict(train=stage_train, seeds=stage_seeds, crf=stage_crf, evaluate=stage_evaluate,
@@ -206,19 +385,40 @@ _FUNCS = dict(train=stage_train, seeds=stage_seeds, crf=stage_crf, evaluate=stag
 
 
 def run_stages(run, names, log=print):
-  """Runs the named stages in pipeline order, skipping those already marked done."""
+  """Runs the named stages in pipeline order, skipping those already marked done.
+
+  When both 'seeds' and 'crf' are to run, they run together (stage_seeds_and_crf) and both are
+  marked done at the end.
+  """
   os.makedirs(run.path('stages'), exist_ok=True)
+
+  def marker(name):
+    return run.path('stages', f'{name}.json')
+
+  todo = [n for n in STAGES if n in names and not os.path.exists(marker(n))]
+  together = 'seeds' in todo and 'crf' in todo
   for name in STAGES:
     if name not in names:
       continue
-    marker = run.path('stages', f'{name}.json')
-    if os.path.exists(marker):
-      log(f'[{name}] done already, skipping (delete {marker} to redo)')
+    if name not in todo:
+      log(f'[{name}] done already, skipping (delete {marker(name)} to redo)')
+      continue
+    if together and name == 'crf':
+      continue  # ran with the seeds
+    t0 = time.time()
+    if together and name == 'seeds':
+      log('[seeds+crf] running (seeds stream into the CRF pool)')
+      stage_seeds_and_crf(run)
+      for n in ('seeds', 'crf'):
+        io_utils.save_json(marker(n), dict(seconds=round(time.time() - t0, 2),
+                                           overlapped='seeds+crf'))
       continue
     log(f'[{name}] running')
-    t0 = time.time()
-    _FUNCS[name](run)
-    io_utils.save_json(marker, dict(seconds=round(time.time() - t0, 2)))
+    if name in ('evaluate', 'export'):
+      _FUNCS[name](run, log=log)
+    else:
+      _FUNCS[name](run)
+    io_utils.save_json(marker(name), dict(seconds=round(time.time() - t0, 2)))
   return finalize_summary(run)
 
 

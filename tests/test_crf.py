@@ -1,6 +1,11 @@
-"""Tests for recurseed_jax.crf."""
+"""Tests for recurseed_jax.crf: the CRF, the pool, the bounded feed, resuming after a kill."""
 
 import os
+import signal
+import subprocess
+import sys
+import threading
+import time
 
 import ml_collections
 import numpy as np
@@ -87,13 +92,18 @@ def test_run_crf_pool_resume_and_errors(tmp_path):
   stray.write_bytes(b'half a png')
   ahead = []
 
-  def watched(items):  # how far the generator runs ahead of the PNGs on disk
+  threads = set()
+
+  def watched(items):  # how far the generator runs ahead of the PNGs on disk, and where
     for i, item in enumerate(items):
+      threads.add(threading.get_ident())
       ahead.append(i - len([n for n in os.listdir(out) if n.endswith('.png')]))
       yield item
 
-  stats = crf.run_crf(watched(_items(7)), str(out), params=PARAMS, workers=2)
-  assert max(ahead) <= 4  # at most 2 * workers in flight
+  stats = crf.run_crf(watched(_items(7)), str(out), params=PARAMS, workers=2, queue_size=1)
+  # 2 * workers in flight, queue_size queued, one in the producer's hand, one being submitted.
+  assert max(ahead) <= 2 * 2 + 1 + 2
+  assert threads and threading.get_ident() not in threads  # produced on a background thread
   assert stats['written'] == 7 and stats['skipped'] == 0 and stats['seconds'] > 0
   names = sorted(os.listdir(out))
   assert names == [f'img_{i:03d}.png' for i in range(7)]
@@ -119,3 +129,51 @@ def test_run_crf_pool_resume_and_errors(tmp_path):
   assert not _tmp_files(out) and not _tmp_files(bad_out)
   with pytest.raises(RuntimeError, match='img_001'):
     crf.run_crf(_items(3, bad=1), str(tmp_path / 'bad0'), params=PARAMS, workers=0)
+
+
+_KILLED_RUN = r"""
+import sys, time
+sys.path.insert(0, sys.argv[1])
+sys.path.insert(0, sys.argv[2])
+from test_crf import PARAMS, _items
+from recurseed_jax import crf
+
+def slow(items):  # a slow producer, like a device making seeds
+  for item in items:
+    time.sleep(0.15)
+    yield item
+
+if __name__ == '__main__':
+  crf.run_crf(slow(_items(40)), sys.argv[3], params=PARAMS, workers=1, queue_size=2)
+"""
+
+
+def test_killed_crf_resumes_without_rewriting(tmp_path):
+  """SIGKILL mid-run: no partial PNG under a final name; the rerun writes only what is missing."""
+  out = tmp_path / 'masks'
+  script = tmp_path / 'killed_run.py'
+  script.write_text(_KILLED_RUN)
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  proc = subprocess.Popen([sys.executable, str(script), root, os.path.join(root, 'tests'),
+                           str(out)], start_new_session=True, stderr=subprocess.DEVNULL)
+  try:
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None:
+      if out.is_dir() and len([n for n in os.listdir(out) if n.endswith('.png')]) >= 4:
+        break
+      time.sleep(0.05)
+    assert proc.poll() is None, 'the run ended before it could be killed'
+  finally:
+    if proc.poll() is None:
+      os.killpg(proc.pid, signal.SIGKILL)  # the run and its pool worker, mid-write or not
+    proc.wait()
+  finished = sorted(n for n in os.listdir(out) if n.endswith('.png'))
+  assert 4 <= len(finished) < 40
+  for name in finished:  # every final name holds a whole PNG
+    assert io_utils.load_mask_png(out / name).shape == (24, 32)
+  mtimes = {n: os.stat(out / n).st_mtime_ns for n in finished}
+
+  stats = crf.run_crf(_items(40), str(out), params=PARAMS, workers=0)
+  assert stats['skipped'] == len(finished) and stats['written'] == 40 - len(finished)
+  assert {n: os.stat(out / n).st_mtime_ns for n in finished} == mtimes
+  assert sorted(os.listdir(out)) == [f'img_{i:03d}.png' for i in range(40)]  # no temp left

@@ -100,3 +100,93 @@ def test_evaluate_dirs_and_cli(tmp_path, capsys):
   os.remove(pred_dir / 'im2.png')
   with pytest.raises(FileNotFoundError, match=r'im2\.png'):
     evaluate.evaluate_dirs(str(pred_dir), str(gt_dir), 4, ids=['im0', 'im2'])
+
+
+def _slow_scores(pairs, n):
+  """Per class, by pixel loops: IoU, FP and FN over the union; absent classes None."""
+  tp, fp, fn = [0] * n, [0] * n, [0] * n
+  for pred, gt in pairs:
+    for p, g in zip(pred.ravel().tolist(), gt.ravel().tolist()):
+      if g == 255:
+        continue
+      if p == g:
+        tp[g] += 1
+      else:
+        fn[g] += 1
+        fp[p] += 1
+  out = []
+  for c in range(n):
+    union = tp[c] + fp[c] + fn[c]
+    out.append(None if union == 0 else (tp[c] / union, fp[c] / union, fn[c] / union))
+  return out
+
+
+class _MaskSplit:
+
+  def __init__(self, masks):
+    self.masks = masks
+    self.ids = [f'm{i}' for i in range(len(masks))]
+    self.has_masks = True
+
+  def __len__(self):
+    return len(self.masks)
+
+  def mask(self, i):
+    return self.masks[i]
+
+
+def _random_pairs(rng, n, count=4):
+  pairs = []
+  for k in range(count):
+    gt = rng.integers(0, n - 1, (11 + k, 13 + 2 * k)).astype(np.uint8)  # class n - 1 never in gt
+    gt[rng.random(gt.shape) < 0.15] = 255
+    pred = np.where(rng.random(gt.shape) < 0.6, gt, rng.integers(0, n, gt.shape)).astype(np.uint8)
+    pred[gt == 255] = rng.integers(0, n, int((gt == 255).sum()))  # under ignore: anything
+    pairs.append((pred, gt))
+  return pairs
+
+
+def test_evaluate_split_and_dirs_match_slow_reference(tmp_path):
+  rng = np.random.default_rng(2)
+  n = 5
+  pairs = _random_pairs(rng, n)
+  pred_dir, gt_dir = tmp_path / 'pred', tmp_path / 'gt'
+  pred_dir.mkdir()
+  gt_dir.mkdir()
+  for i, (pred, gt) in enumerate(pairs):
+    io_utils.save_palette_png(pred_dir / f'm{i}.png', pred)
+    io_utils.save_palette_png(gt_dir / f'm{i}.png', gt)
+  ref = _slow_scores(pairs, n)
+  split = _MaskSplit([gt for _, gt in pairs])
+  for workers in (1, 3):
+    results = [evaluate.evaluate_split(str(pred_dir), split, n, workers=workers),
+               evaluate.evaluate_dirs(str(pred_dir), str(gt_dir), n, workers=workers)]
+    for s in results:
+      assert s['num_images'] == 4
+      for c in range(n):
+        assert ref[c] is not None  # class n - 1 is only predicted: IoU 0, FP 1
+        np.testing.assert_allclose([s['iou'][c], s['fp'][c], s['fn'][c]], ref[c], rtol=1e-12)
+      assert s['miou'] == pytest.approx(np.mean([r[0] for r in ref]))
+  # Without a class count, the largest label seen decides it (the same mIoU).
+  auto = evaluate.evaluate_dirs(str(pred_dir), str(gt_dir))
+  assert auto['num_labels'] == n and auto['miou'] == pytest.approx(results[0]['miou'])
+  with pytest.raises(FileNotFoundError, match=r'm9\.png'):
+    evaluate.evaluate_split(str(pred_dir), _MaskSplit([pairs[0][1]] * 10), n, ids=['m9'])
+
+
+def test_cli_without_class_count_and_report(tmp_path, capsys):
+  rng = np.random.default_rng(3)
+  for d in ('p', 'g'):
+    (tmp_path / d).mkdir()
+  for i, (pred, gt) in enumerate(_random_pairs(rng, 21, count=2)):
+    io_utils.save_palette_png(tmp_path / 'p' / f'x{i}.png', pred)
+    io_utils.save_palette_png(tmp_path / 'g' / f'x{i}.png', gt)
+  evaluate.main(['--pred', str(tmp_path / 'p'), '--gt', str(tmp_path / 'g'), '--out',
+                 str(tmp_path / 's.json')])
+  printed = capsys.readouterr().out
+  assert '| aeroplane |' in printed and '21 labels' in printed  # VOC names for 21 labels
+  saved = json.loads((tmp_path / 's.json').read_text())
+  assert saved['num_labels'] == 21 and 0 < saved['miou'] < 1
+  md = evaluate.report({'val': evaluate.scores(np.eye(3, dtype=np.int64))}, ['bg', 'a', 'b'],
+                       {'val': 'segmentation head (val)'})
+  assert '| segmentation head (val) | 100.0 |' in md and '## segmentation head (val)' in md

@@ -98,3 +98,26 @@ def test_voc_submission_tree(tmp_path):
   assert not [n for n in os.listdir(tmp_path / 'sub') if '.tmp' in n]
   with pytest.raises(FileNotFoundError, match='nope'):
     export.voc_submission_tree(str(pred_dir), str(tmp_path / 'sub2'), ids=['nope'])
+
+
+def test_write_masks_palette_and_gray(tmp_path):
+  rng = np.random.default_rng(1)
+  src = tmp_path / 'pred'
+  src.mkdir()
+  masks = {f'COCO_val2014_{i:012d}': rng.integers(0, 81, (9, 11)).astype(np.uint8)
+           for i in range(3)}
+  masks['COCO_val2014_000000000000'][0, 0] = 255  # ignore survives too
+  for name, mask in masks.items():
+    io_utils.save_palette_png(src / f'{name}.png', mask)
+  for fmt, mode in (('gray', 'L'), ('palette', 'P')):
+    paths = export.write_masks(str(src), str(tmp_path / fmt), fmt)
+    assert sorted(os.path.basename(p)[:-4] for p in paths) == sorted(masks)
+    for path in paths:
+      with Image.open(path) as img:
+        assert img.mode == mode
+      name = os.path.basename(path)[:-4]
+      np.testing.assert_array_equal(io_utils.load_mask_png(path), masks[name])
+  with pytest.raises(ValueError, match='rgb'):
+    export.write_masks(str(src), str(tmp_path / 'x'), 'rgb')
+  with pytest.raises(FileNotFoundError, match='nope'):
+    export.write_masks(str(tmp_path / 'nope'), str(tmp_path / 'x'))

@@ -1,8 +1,8 @@
 """Tests for recurseed_jax.infer against slow, obvious numpy references.
 
-The pure functions are checked on random inputs; `make_predict_fn` and `run_inference` use one
-tiny RecurSeedNet (width 8, 'rbg' init key) at 32 x 32 with a batch of 4, so the handful of
-compiled shapes is shared between tests.
+The pure functions are checked on random inputs; `make_predict_fn`, `make_infer_step` and
+`run_split` use one tiny RecurSeedNet (width 8, output stride 8, 'rbg' init key) on images of at
+most 40 x 40, so the handful of compiled shapes stays small.
 """
 
 import functools
@@ -15,8 +15,10 @@ import pytest
 from reference import np_resize
 
 from configs import default
+from data_pipeline import splits
 from recurseed_jax import infer
 from recurseed_jax import models
+from recurseed_jax import parallel
 
 NUM_CLASSES = 5
 SIZE = 32
@@ -193,7 +195,7 @@ def test_seg_scores_matches_numpy():
                              atol=1e-7)
 
 
-# --- make_predict_fn and run_inference on a tiny model -----------------------------------------
+# --- make_predict_fn, make_infer_step and run_split on a tiny model ---------------------------
 
 
 @functools.lru_cache(maxsize=None)
@@ -207,9 +209,9 @@ def _model_and_variables():
 
 
 @functools.lru_cache(maxsize=None)
-def _predict(scales, flip):
+def _predict(scales, flip, align=32):
   model, _ = _model_and_variables()
-  return infer.make_predict_fn(model, scales, flip)
+  return infer.make_predict_fn(model, scales, flip, align=align)
 
 
 @functools.lru_cache(maxsize=None)
@@ -257,6 +259,42 @@ def test_make_predict_fn_matches_per_pass_reference(flip):
   assert out['cam'].min() >= 0 and out['cam'].max() > 0
 
 
+def test_padded_image_matches_image_alone():
+  """Padding bottom/right changes nothing: exactly (to float precision) when every scaled size is
+  a multiple of the output stride; otherwise only the segmentation head moves, by < 2e-2."""
+  _, variables = _model_and_variables()
+  predict = _predict(SCALES, True, 8)
+  rng = np.random.default_rng(8)
+  sizes = [(32, 16), (27, 21)]  # 32 x 16 and 16 x 8 at scale 0.5: multiples of 8; 27 x 21: not
+  canvas = rng.normal(size=(2, 40, 40, 3)).astype(np.float32)  # noise in the padding
+  alone = []
+  for j, (h, w) in enumerate(sizes):
+    alone.append(rng.normal(size=(1, h, w, 3)).astype(np.float32))
+    canvas[j, :h, :w] = alone[-1][0]
+  out = jax.device_get(predict(variables, jnp.asarray(canvas), jnp.asarray(sizes, jnp.int32)))
+  for j, (h, w) in enumerate(sizes):
+    ref = _reference_predict(variables, alone[j], SCALES, True)
+    seg_tol = 1e-5 if j == 0 else 2e-2
+    for key, tol in (('cam', 1e-5), ('seg', seg_tol)):
+      np.testing.assert_allclose(out[key][j, :h, :w], ref[key][0], atol=tol, err_msg=key)
+      assert not out[key][j, h:].any() and not out[key][j, :, w:].any()  # zero past the image
+    np.testing.assert_allclose(out['class_prob'][j], ref['class_prob'][0], atol=1e-6)
+
+
+def test_host_seed_matches_jax():
+  rng = np.random.default_rng(9)
+  q = rng.integers(0, 256, (6, 7, 3)).astype(np.uint8)
+  for bg_power in (2.0, 1.0):
+    ref = np.asarray(infer.seed_with_background(jnp.asarray(infer.dequantize(q))[None], bg_power))
+    np.testing.assert_allclose(infer.host_seed(q, bg_power), ref[0], rtol=1e-6, atol=1e-7)
+  labels = infer.host_seed_labels(q, [4, 0, 2])
+  lut = np.array([0, 5, 1, 3])
+  np.testing.assert_array_equal(labels, lut[np_seed_label_map(infer.dequantize(q)[None])[0]])
+  empty = infer.host_seed(np.zeros((4, 5, 0), np.uint8))
+  assert empty.shape == (4, 5, 1) and np.all(empty == 1.0)
+  assert not infer.host_seed_labels(np.zeros((4, 5, 0), np.uint8), []).any()
+
+
 class _Progress:
 
   def __init__(self):
@@ -266,42 +304,92 @@ class _Progress:
     self.updates.append(n)
 
 
-def test_run_inference_pads_last_batch_and_matches_unbatched():
-  _, variables = _model_and_variables()
-  predict = _predict(SCALES, True)
-  n = 5
-  rng = np.random.default_rng(7)
-  images = rng.integers(0, 256, (n, SIZE, SIZE, 3), dtype=np.uint8)
-  mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-  x = (images.astype(np.float32) / 255.0 - np.float32(mean)) / np.float32(std)
-  # Unbatched: each image alone. The class threshold sits in the widest gap between the class
-  # probabilities, so float noise between batch shapes cannot flip a kept class.
-  single = [jax.device_get(predict(variables, jnp.asarray(x[i:i + 1]))) for i in range(n)]
-  probs = np.sort(np.concatenate([s['class_prob'].ravel() for s in single]))
-  gap = np.argmax(np.diff(probs))
-  threshold = float(probs[gap] + probs[gap + 1]) / 2
-  labels = (rng.random((n, NUM_CLASSES)) < 0.5).astype(np.uint8)
+class _SizedSplit:
+  """The splits.py interface over images of different sizes."""
 
-  for use_labels in (False, True):
-    progress = _Progress()
-    outs = list(infer.run_inference(predict, variables, images, mean, std, batch_size=4,
-                                    labels=labels if use_labels else None,
-                                    class_threshold=threshold, progress=progress))
-    assert [(o[0], o[1]) for o in outs] == [(0, 4), (4, 5)]
-    assert progress.updates == [4, 1]
-    keep = np.concatenate([o[2] for o in outs])
-    cam = np.concatenate([o[3] for o in outs])
-    seg = np.concatenate([o[4] for o in outs])
-    assert keep.shape == (n, NUM_CLASSES)
-    assert cam.shape == (n, SIZE, SIZE, NUM_CLASSES)
-    assert seg.shape == (n, SIZE, SIZE, NUM_CLASSES + 1)
-    for i in range(n):
-      prob = single[i]['class_prob'][0]
-      ref_keep = labels[i].astype(np.float32) if use_labels else (prob >= threshold).astype(
-          np.float32)
-      np.testing.assert_array_equal(keep[i], ref_keep)
-      np.testing.assert_allclose(seg[i], single[i]['seg'][0], rtol=1e-5, atol=1e-6)
-      ref_cam = np_normalized_scores(single[i]['cam'], ref_keep[None])[0]
-      np.testing.assert_allclose(cam[i], ref_cam, rtol=1e-4, atol=1e-5)
-    if not use_labels:  # the gap threshold keeps some classes and drops others
-      assert 0 < keep.sum() < keep.size
+  def __init__(self, sizes, seed=0):
+    rng = np.random.default_rng(seed)
+    self.images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in sizes]
+    self.ids = [f'im{i}' for i in range(len(sizes))]
+    self.labels = (rng.random((len(sizes), NUM_CLASSES)) < 0.5).astype(np.float32)
+    self.labels[0] = 0.0  # no label: no seed channel
+    self.labels[1] = 1.0  # every class
+    self.has_masks = False
+
+  def __len__(self):
+    return len(self.ids)
+
+  def image(self, i):
+    return self.images[i]
+
+  def size(self, i):
+    return self.images[i].shape[:2]
+
+
+def test_plan_batches_buckets_and_errors():
+  split = _SizedSplit([(20, 24), (32, 40), (17, 9), (24, 24), (30, 33)])
+  plan = infer.plan_batches(split, range(5), [(32, 40), (24, 24)], 2)
+  assert plan == [((32, 40), [1, 4]), ((24, 24), [0, 2]), ((24, 24), [3])]
+  assert infer.plan_batches(split, [2, 3], (), 4) == [((24, 24), [2, 3])]  # auto: the largest
+  assert infer.pick_bucket((25, 10), [(24, 24), (40, 12), (32, 40)]) == 1  # smallest area
+  with pytest.raises(ValueError, match=r"'im1' is 32x40.*infer\.buckets"):
+    infer.plan_batches(split, range(5), [(24, 24), (40, 32)], 2)
+
+
+def test_run_split_compiles_once_per_bucket():
+  """Seven sizes, two buckets, two scales unrolled: two compilations of the step, no more."""
+  _, variables = _model_and_variables()
+  sizes = [(20, 24), (24, 24), (17, 9), (32, 40), (30, 33), (24, 16), (25, 40)]
+  split = _SizedSplit(sizes)
+  mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+  step = infer.make_infer_step(_predict(SCALES, True, 8), mean, std, num_kept=NUM_CLASSES)
+  mesh = parallel.make_mesh()
+  sharding = parallel.batch_sharding(mesh)
+  progress = _Progress()
+  seen = []
+  replicated = parallel.replicate(variables, mesh)
+  for i, image, out in infer.run_split(
+      step, {'a': replicated, 'b': replicated}, split, range(7),
+      [(24, 24), (32, 40)], 2, with_labels=True, sharding=sharding, progress=progress):
+    seen.append(i)
+    h, w = sizes[i]
+    np.testing.assert_array_equal(image, split.image(i))
+    classes = np.flatnonzero(split.labels[i])
+    for res in out.values():
+      np.testing.assert_array_equal(res['classes'], classes)
+      for key in ('cam', 'seg'):
+        assert res[key].dtype == np.uint8 and res[key].shape == (h, w, len(classes))
+      if len(classes):  # kept softmax channels, max-normalised: each peak quantises to 255
+        assert np.all(res['seg'].max(axis=(0, 1)) == 255)
+    np.testing.assert_array_equal(out['a']['seg'], out['b']['seg'])  # same model, same result
+  assert sorted(seen) == list(range(7)) and sum(progress.updates) == 7
+  assert step._cache_size() == 2  # buckets x (one function with every scale unrolled)
+
+  # Predictions (threshold on the class probability) of a few images of one bucket.
+  pred_step = infer.make_infer_step(_predict(SCALES, True, 8), mean, std, class_threshold=0.5)
+  outs = list(infer.run_split(pred_step, {'a': variables}, split, [0, 2, 5], [(24, 24)], 2,
+                              with_labels=False))
+  assert pred_step._cache_size() == 1
+  for i, _, out in outs:
+    res = out['a']
+    assert res['pred'].shape == sizes[i] and res['pred'].dtype == np.uint8
+    np.testing.assert_array_equal(res['keep'], np.flatnonzero(res['class_prob'] >= 0.5))
+    assert set(np.unique(res['pred']).tolist()) <= {0} | set((res['keep'] + 1).tolist())
+
+
+def test_array_split_runs_without_buckets():
+  """The synthetic demo's splits (one size, no buckets configured): one bucket, no padding."""
+  _, variables = _model_and_variables()
+  rng = np.random.default_rng(10)
+  images = rng.integers(0, 256, (BATCH, SIZE, SIZE, 3), dtype=np.uint8)
+  labels = np.eye(BATCH, NUM_CLASSES, dtype=np.float32)
+  split = splits.ArraySplit(['a', 'b', 'c', 'd'], images, labels)
+  step = infer.make_infer_step(_predict(SCALES, True), (0.5,) * 3, (0.25,) * 3, num_kept=1)
+  outs = list(infer.run_split(step, {'m': variables}, split, range(BATCH), (), BATCH,
+                              with_labels=True))
+  x = (images.astype(np.float32) / 255.0 - 0.5) / 0.25
+  ref = jax.device_get(_predict(SCALES, True)(variables, jnp.asarray(x)))  # shapes seen before
+  assert sorted(i for i, _, _ in outs) == list(range(BATCH))
+  for i, _, out in outs:
+    ref_seed = np_normalized_scores(ref['cam'][i:i + 1], labels[i:i + 1])[0][..., [i]]
+    np.testing.assert_allclose(infer.dequantize(out['m']['cam']), ref_seed, atol=0.5 / 255 + 1e-5)

@@ -1,10 +1,11 @@
-"""End-to-end: launch.py on a tiny synthetic config, rerun skipping, and its one-line errors."""
+"""End-to-end: launch.py on a tiny synthetic config, resuming, rerun skipping, one-line errors."""
 
 import json
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,27 +24,57 @@ def _launch(*args, cwd=ROOT):
                         env=env, capture_output=True, text=True, timeout=300)
 
 
-def test_end_to_end_and_rerun_skips(tmp_path):
+def _pngs(folder):
+  return sorted(n for n in os.listdir(folder) if n.endswith('.png'))
+
+
+def test_end_to_end_resume_and_rerun_skips(tmp_path):
   wd = str(tmp_path / 'run')
   r = _launch(f'--workdir={wd}', *TINY)
   assert r.returncode == 0, r.stderr[-3000:]
+  assert '[seeds+crf] running' in r.stdout
   with open(os.path.join(wd, 'summary.json')) as f:
     summary = json.load(f)
-  for key in ('cam_seed_miou', 'rs_seed_miou', 'pseudo_mask_miou', 'val_miou',
-              'upper_bound_val_miou'):
+  for key in ('cam_seed_miou', 'rs_cam_seed_miou', 'rs_seed_miou', 'pseudo_mask_miou',
+              'val_miou', 'upper_bound_val_miou'):
     assert 0.0 <= summary[key] <= 1.0, (key, summary[key])
   assert set(summary['seconds']) == {'train', 'seeds', 'crf', 'evaluate', 'export'}
-  pngs = [n for n in os.listdir(os.path.join(wd, 'pseudo_masks')) if n.endswith('.png')]
-  assert len(pngs) == 32
+  seeds = os.path.join(wd, 'seeds', 'train')
+  masks = os.path.join(wd, 'pseudo_masks')
+  assert len(os.listdir(seeds)) == 32 and len(_pngs(masks)) == 32
+  for folder in ('val', 'val_upper_bound'):
+    assert len(_pngs(os.path.join(wd, 'predictions', folder))) == 8
+  with np.load(os.path.join(seeds, 'train_00000.npz'), allow_pickle=False) as z:
+    k = len(z['classes'])
+    assert {n: z[n].shape for n in z.files} == {
+        'classes': (k,), 'rs': (32, 32, k), 'rs_cam': (32, 32, k), 'cam': (32, 32, k)}
+  with open(os.path.join(wd, 'evaluation.md')) as f:
+    assert '| RecurSeed seed (train) |' in f.read()
   assert len(os.listdir(os.path.join(wd, 'overlays'))) == 2
-  assert 'RecurSeed seed' in r.stdout
-  # A rerun finds every stage done and recomputes nothing.
-  mtime = os.path.getmtime(os.path.join(wd, 'seeds', 'train.npz'))
+  assert 'RecurSeed seed' in r.stdout and 'VOC submission skipped' in r.stdout
+
+  # A killed seeds+crf run: two seeds (with their masks) and one more mask missing. The rerun
+  # redoes exactly those and leaves every other file alone.
+  for name in ('seeds', 'crf'):
+    os.remove(os.path.join(wd, 'stages', f'{name}.json'))
+  for i in (3, 17):
+    os.remove(os.path.join(seeds, f'train_{i:05d}.npz'))
+    os.remove(os.path.join(masks, f'train_{i:05d}.png'))
+  os.remove(os.path.join(masks, 'train_00020.png'))
+  before = {p: os.path.getmtime(p) for d in (seeds, masks)
+            for p in (os.path.join(d, n) for n in os.listdir(d))}
   r2 = _launch(f'--workdir={wd}', *TINY)
   assert r2.returncode == 0, r2.stderr[-3000:]
-  for stage in ('train', 'seeds', 'crf', 'evaluate', 'export'):
+  for stage in ('train', 'evaluate', 'export'):
     assert f'[{stage}] done already, skipping' in r2.stdout
-  assert os.path.getmtime(os.path.join(wd, 'seeds', 'train.npz')) == mtime
+  assert len(os.listdir(seeds)) == 32 and len(_pngs(masks)) == 32
+  assert all(os.path.getmtime(p) == t for p, t in before.items())
+
+  # Everything done: a rerun recomputes nothing.
+  r3 = _launch(f'--workdir={wd}', *TINY)
+  assert r3.returncode == 0, r3.stderr[-3000:]
+  for stage in ('train', 'seeds', 'crf', 'evaluate', 'export'):
+    assert f'[{stage}] done already, skipping' in r3.stdout
 
 
 @pytest.mark.parametrize('args,needle', [
@@ -51,6 +82,7 @@ def test_end_to_end_and_rerun_skips(tmp_path):
     (['--stages=train,bogus'], "'bogus'"),
     (['--config.mix.kind=cutmix'], 'mix.kind'),
     (['--config.rs.certain=1.5'], 'rs.certain'),
+    (['--config.infer.buckets=((32,0),)'], 'infer.buckets'),
 ])
 def test_bad_input_one_line_error(tmp_path, args, needle):
   r = _launch(f'--workdir={tmp_path / "run"}', *args)
