@@ -12,6 +12,7 @@ model size and schedule, not the field names.
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 
 def get_config():
@@ -22,15 +23,23 @@ def get_config():
 
   # --- data -------------------------------------------------------------------------------------
   c.data = ml_collections.ConfigDict()
-  c.data.name = 'synthetic'
+  c.data.name = 'synthetic'         # 'synthetic' | 'voc12' | 'coco14' (configs/voc12_rs50.py, ...)
+  c.data.root = ''                  # voc12 / coco14: the dataset folder, any layout of README
+  c.data.source = 'files'           # 'files': read the folders | 'tfds': TFRecords built once
+  c.data.tfds_dir = ''              # '' -> <cache_dir>/tfds ; where the TFDS builders write
   c.data.cache_dir = ''             # '' -> <workdir>/data ; generated once, reused on rerun
+  c.data.skip_corrupt = False       # skip (and count) undecodable images instead of failing
+  c.data.workers = 0                # threads/processes for labels, scans, COCO prepare; 0: all
+  c.data.threads = 0                # tf.data threads of the training stream; 0: all cores
+  c.data.coco_mask_dir = ''         # coco14 as distributed: '' -> <root>/semantic_masks
   c.data.num_classes = 5
   c.data.image_size = 64            # synthetic images are square
   c.data.num_train = 1200
   c.data.num_val = 200
   c.data.seed = 1234                # the dataset is a pure function of this seed and the fields above
   c.data.crop_size = 64             # random crop after rescale, padded with 0 (image) / 255 (mask)
-  c.data.scale_range = (0.8, 1.25)  # random rescale factor (the VOC configs rescale the long side)
+  c.data.scale_range = (0.8, 1.25)  # random rescale factor; None when long_side is set
+  c.data.long_side = config_dict.placeholder(tuple)  # (lo, hi) px of the long side (VOC: 320-640)
   c.data.flip = True
   c.data.color_jitter = (0.0, 0.0, 0.0, 0.0)  # brightness, contrast, saturation, hue (VOC: .3,.3,.3,.1)
   c.data.mean = (0.485, 0.456, 0.406)  # ImageNet normalisation, images in [0, 1]
@@ -48,7 +57,18 @@ def get_config():
   c.model.decoder_channels = 64       # 256 for the full model
   c.model.aspp_dropout = 0.5
   c.model.decoder_dropout = (0.5, 0.1)
+  # Which ResNet 3x3 convs get the stage dilation: 'uniform' (all), 'torchvision' (first block of
+  # a dilated stage keeps the previous one), 'authors' (first blocks 1, and none at OS16: their
+  # released checkpoints need it). Same parameters in all three.
+  c.model.dilation_scheme = 'uniform'
+  c.model.segmenter_head = 'v3plus'   # multi-stage DeepLabNet head: 'v3plus' | 'v2'
+  c.model.v2_rates = (6, 12, 18, 24)  # DeepLabv2's four summed dilated 3x3 convs
+  # 'scratch' | 'imagenet:<path>' (torchvision resnet50/101 -> backbone) | 'rsepm:<path>' (the
+  # authors' RS+EPM net -> whole RecurSeedNet) | 'deeplab:<path>' (their DeepLabv3+/v2 ->
+  # DeepLabNet); <path>: .pth (needs torch), .npz of the same keys, or a folder from
+  # `python -m recurseed_jax.convert_weights` (README, "Pretrained weights").
   c.model.init = 'scratch'
+  c.model.init_strict = True          # False: class-dependent layers of another shape keep init
 
   # --- RecurSeed (METHOD.md section 2) ----------------------------------------------------------
   c.rs = ml_collections.ConfigDict()
@@ -69,6 +89,7 @@ def get_config():
   c.rs.pamr = ml_collections.ConfigDict()
   c.rs.pamr.iterations = 10
   c.rs.pamr.dilations = (1, 2, 4, 8, 12, 24)
+  c.rs.seed_from_ema = False         # seeds from the EMA params (needs train.ema_decay > 0)
 
   # --- losses ------------------------------------------------------------------------------------
   c.loss = ml_collections.ConfigDict()
@@ -103,6 +124,15 @@ def get_config():
   c.train.keep_checkpoints = 2
   c.train.upper_bound = True         # also train the same net on true masks (the demo's ceiling)
   c.train.cam_baseline = True        # also train it on the classification loss alone (plain CAMs)
+  c.train.dtype = 'float32'          # compute dtype: 'float32' | 'bfloat16' (params, losses fp32)
+  c.train.ema_decay = 0.0            # EMA of the params (e.g. 0.999); 0 = off
+  c.train.max_nonfinite = 5          # stop after this many non-finite steps in a row (each skipped)
+  c.train.async_checkpoints = True   # Orbax writes in the background while training goes on
+  c.train.tensorboard = True         # TensorBoard event files beside metrics.jsonl
+
+  # --- devices (README, "Multi-device and multi-host training") ---------------------------------
+  c.parallel = ml_collections.ConfigDict()
+  c.parallel.mode = 'jit'            # 'jit' (NamedSharding over all devices) | 'pmap'
 
   # --- inference to seeds (METHOD.md section 5) -------------------------------------------------
   c.infer = ml_collections.ConfigDict()
@@ -110,7 +140,13 @@ def get_config():
   c.infer.flip = True
   c.infer.class_threshold = 0.34     # val/test: classes kept by mean probability
   c.infer.bg_power = 2.0             # background = (1 - max over classes) ** bg_power
-  c.infer.batch_size = 32
+  c.infer.batch_size = 32            # fixed per bucket (last batch padded); a multiple of devices
+  # (H, W) shapes images are padded to (bottom/right, with a valid size: results as unpadded, see
+  # recurseed_jax/infer.py); each image takes the smallest that holds it; one compile per bucket.
+  # () = one bucket, the largest image of the split. VOC: ((384, 512), (512, 384), (512, 512)).
+  c.infer.buckets = ()
+  c.infer.prefetch = 2               # batches decoded and padded ahead on a background thread
+  c.infer.io_threads = 2             # threads compressing seeds and writing PNGs
 
   # --- DenseCRF (METHOD.md section 5) -----------------------------------------------------------
   c.crf = ml_collections.ConfigDict()
@@ -120,9 +156,13 @@ def get_config():
   c.crf.bi_rgb_std = 3.0
   c.crf.pos_weight = 3.0
   c.crf.pos_xy_std = 1.0
-  c.crf.workers = 2
+  c.crf.workers = 2                  # CRF processes (one per free core); 0 = inline
+  c.crf.queue_size = 8               # seeds waiting for the CRF pool (bounds host memory)
 
   # --- export --------------------------------------------------------------------------------
   c.export = ml_collections.ConfigDict()
-  c.export.num_overlays = 8
+  c.export.num_overlays = 8          # image | seed | pseudo mask | truth panels, evenly sampled
+  c.export.submission = True         # VOC test submission tree + tar.gz (if a test split exists)
+  c.export.mask_dirs = ''            # workdir folders to export: 'pseudo_masks,predictions/val'
+  c.export.mask_format = 'palette'   # 'palette' (VOC colours) | 'gray' (8-bit ids, COCO 0..80)
   return c

@@ -1,8 +1,15 @@
 """Config validation before any compute: every error names the config key and what to do."""
 
+from recurseed_jax.models import resnet
+from recurseed_jax.models import weights
+
 MIX_KINDS = ('certainmix', 'classmix', 'none')
 REFINE_KINDS = ('scg', 'pamr', 'none')
 CAM_LOSS_KINDS = ('l1', 'mse')
+PARALLEL_MODES = ('jit', 'pmap')
+DTYPES = ('float32', 'bfloat16')
+DATASETS = dict(synthetic=None, voc12=20, coco14=80)  # name -> number of classes
+DATA_SOURCES = ('files', 'tfds')
 
 
 def _unit(config, key):
@@ -33,6 +40,10 @@ def validate(config):
   for lvl in config.rs.scg.levels:
     if lvl not in (2, 3, 4, 5):
       raise ValueError(f'config.rs.scg.levels has {lvl}; backbone stages are 2, 3, 4, 5')
+  weights.parse_init(config.model.init)  # raises naming model.init and its accepted forms
+  _choice(config.model.get('dilation_scheme', 'uniform'), 'model.dilation_scheme',
+          resnet.DILATION_SCHEMES)
+  _choice(config.model.get('segmenter_head', 'v3plus'), 'model.segmenter_head', ('v3plus', 'v2'))
   if config.model.output_stride not in (8, 16, 32):
     raise ValueError(f'config.model.output_stride={config.model.output_stride} must be 8, 16 or 32')
   if config.rs.refine_stride <= 0:
@@ -48,7 +59,85 @@ def validate(config):
                       ('model.output_stride', config.model.output_stride)):
     if crop % stride:
       raise ValueError(f'config.data.crop_size={crop} must be a multiple of config.{key}={stride}')
-  if config.train.steps <= 0 or config.train.batch_size <= 0:
-    raise ValueError('config.train.steps and config.train.batch_size must be positive')
+  if config.train.steps < 0 or config.train.batch_size <= 0:
+    raise ValueError('config.train.steps must be >= 0 and config.train.batch_size positive')
+  if config.train.steps == 0 and str(config.model.init) == 'scratch':
+    raise ValueError('config.train.steps=0 means "no training, infer from config.model.init", '
+                     'but config.model.init is scratch: set it to rsepm:<path> (or train)')
   if not config.infer.scales:
     raise ValueError('config.infer.scales is empty')
+  _validate_training(config)
+  _validate_data(config.data)
+  _validate_inference(config)
+
+
+def _validate_training(config):
+  """The parallel / precision / EMA / guard / checkpoint fields (README, multi-device)."""
+  t = config.train
+  _choice(config.parallel.mode, 'parallel.mode', PARALLEL_MODES)
+  _choice(t.dtype, 'train.dtype', DTYPES)
+  if not 0.0 <= t.ema_decay < 1.0:
+    raise ValueError(f'config.train.ema_decay={t.ema_decay} must lie in [0, 1) (0 = no EMA)')
+  if config.rs.seed_from_ema and t.ema_decay <= 0:
+    raise ValueError('config.rs.seed_from_ema needs an EMA: set config.train.ema_decay > 0 '
+                     '(e.g. 0.999)')
+  for key in ('max_nonfinite', 'log_every', 'checkpoint_every', 'keep_checkpoints'):
+    if int(t[key]) < 1:
+      raise ValueError(f'config.train.{key}={t[key]} must be at least 1')
+
+
+def _range(d, key, integer=False):
+  """A (lo, hi) field with 0 < lo <= hi, or None."""
+  value = d.get(key)
+  if value is None:
+    return None
+  ok = len(value) == 2 and all(isinstance(v, (int, float)) and v > 0 for v in value)
+  if not ok or value[0] > value[1] or (integer and any(int(v) != v for v in value)):
+    kind = 'integers' if integer else 'numbers'
+    raise ValueError(f'config.data.{key}={tuple(value)} must be (lo, hi), positive {kind}, '
+                     'lo <= hi')
+  return value
+
+
+def _validate_data(d):
+  """The data section: dataset, source, root, augmentation ranges (README, datasets)."""
+  _choice(d.name, 'data.name', tuple(DATASETS))
+  _choice(d.get('source', 'files'), 'data.source', DATA_SOURCES)
+  classes = DATASETS[d.name]
+  if classes is not None:
+    if not d.get('root'):
+      raise ValueError(f'config.data.root is empty: set it to the folder holding the {d.name} '
+                       'dataset (either layout of README, "Datasets")')
+    if d.get('num_classes', classes) != classes:
+      raise ValueError(f'config.data.num_classes={d.num_classes} but {d.name} has {classes} '
+                       'classes')
+  scale, long_side = _range(d, 'scale_range'), _range(d, 'long_side', integer=True)
+  if scale is not None and long_side is not None:
+    raise ValueError('config.data.scale_range and config.data.long_side are both set; set one '
+                     '(the other None)')
+  if d.crop_size <= 0:
+    raise ValueError(f'config.data.crop_size={d.crop_size} must be positive')
+  jitter = tuple(d.color_jitter)
+  if len(jitter) != 4 or min(jitter) < 0 or jitter[3] > 0.5:
+    raise ValueError(f'config.data.color_jitter={jitter} must be (brightness, contrast, '
+                     'saturation, hue), each >= 0, hue <= 0.5')
+  for key in ('workers', 'threads'):
+    if int(d.get(key, 0)) < 0:
+      raise ValueError(f'config.data.{key}={d[key]} must be >= 0 (0: all cores)')
+
+
+def _validate_inference(config):
+  """Buckets, CRF pool and export fields (README, "Seeds, CRF, evaluation and export at scale")."""
+  for b in config.infer.get('buckets', ()):
+    if len(b) != 2 or not all(isinstance(v, int) and v > 0 for v in b):
+      raise ValueError(f'config.infer.buckets has {b!r}; each bucket is (height, width), '
+                       'positive integers')
+  for key in ('infer.prefetch', 'infer.io_threads', 'crf.queue_size'):
+    section, name = key.split('.')
+    if int(config[section].get(name, 1)) < 1:
+      raise ValueError(f'config.{key}={config[section][name]} must be at least 1')
+  if int(config.crf.workers) < 0:
+    raise ValueError(f'config.crf.workers={config.crf.workers} must be >= 0 (0 runs inline)')
+  if int(config.export.num_overlays) < 0:
+    raise ValueError(f'config.export.num_overlays={config.export.num_overlays} must be >= 0')
+  _choice(config.export.get('mask_format', 'palette'), 'export.mask_format', ('palette', 'gray'))
