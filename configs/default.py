@@ -3,9 +3,9 @@
 Command:
     python launch.py                      # = --config configs/default.py --workdir runs/default
 
-Expected (2 CPU cores, about 8.5 minutes), summary.json mIoU: plain-CAM baseline seed 45.2,
-RecurSeed network's CAM seed 57.8, RecurSeed seed 60.9, pseudo masks after CRF 79.7, segmentation
-head on val 60.8, fully supervised upper bound on val 87.8 (README, "Quick start").
+Expected (2 CPU cores, about 8 minutes), summary.json mIoU: plain-CAM baseline seed 40.7,
+RecurSeed network's CAM seed 58.7, RecurSeed seed 58.7, pseudo masks after CRF 75.0, segmentation
+head on val 58.2, fully supervised upper bound on val 86.3 (README, "Quick start").
 
 Every knob of METHOD.md sections 2-5 is a field here; real configs (VOC, COCO) change the data,
 model size and schedule, not the field names.
