@@ -1,4 +1,4 @@
-"""Shared by the tests: slow numpy references and config overrides."""
+"""Shared by the tests: slow numpy references, config overrides and a fake training batch."""
 
 import math
 
@@ -42,3 +42,22 @@ def override(cfg, overrides):
 
 def default_config(**overrides):
   return override(default.get_config(), overrides)
+
+
+def fake_batch(seed, batch, crop, num_classes):
+  """A training batch of 1-2 square objects per image, labels from the mask, the last 5 columns
+  invalid (crop padding, mask 255); different objects per image, so mixing moves things."""
+  rng = np.random.default_rng(seed)
+  image = rng.normal(size=(batch, crop, crop, 3)).astype(np.float32)
+  mask = np.zeros((batch, crop, crop), np.int32)
+  label = np.zeros((batch, num_classes), np.float32)
+  for i in range(batch):
+    for c in rng.choice(num_classes, size=1 + i % 2, replace=False):
+      y, x = rng.integers(0, crop - 12, 2)
+      mask[i, y:y + 12, x:x + 12] = c + 1
+      label[i, c] = 1.0
+    image[i][mask[i] > 0] += 1.5 * mask[i][mask[i] > 0, None] / num_classes
+  valid = np.ones(mask.shape, bool)
+  valid[:, :, -5:] = False
+  mask[~valid] = 255
+  return dict(image=image, mask=mask, valid=valid, label=label)

@@ -45,21 +45,7 @@ def _config(**overrides):
 
 
 def _batch(seed=0):
-  """A fake batch: labels are the classes of the mask; the crop padding is invalid and 255."""
-  rng = np.random.default_rng(seed)
-  image = rng.normal(size=(BATCH, CROP, CROP, 3)).astype(np.float32)
-  mask = np.zeros((BATCH, CROP, CROP), np.int32)
-  label = np.zeros((BATCH, NUM_CLASSES), np.float32)
-  for i in range(BATCH):
-    for c in rng.choice(NUM_CLASSES, size=1 + i % 2, replace=False):
-      y, x = rng.integers(0, CROP - 12, 2)
-      mask[i, y:y + 12, x:x + 12] = c + 1
-      label[i, c] = 1.0
-    image[i][mask[i] > 0] += 1.5 * (mask[i][mask[i] > 0, None] / NUM_CLASSES)
-  valid = np.ones((BATCH, CROP, CROP), bool)
-  valid[:, :, -5:] = False  # padding of the random crop
-  mask[~valid] = 255
-  return dict(image=image, mask=mask, valid=valid, label=label)
+  return reference.fake_batch(seed, BATCH, CROP, NUM_CLASSES)
 
 
 def _fake_out(seed=0):

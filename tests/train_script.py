@@ -41,17 +41,7 @@ def config(steps):
 
 
 def batch(step):
-  rng = np.random.default_rng(step)
-  image = rng.normal(size=(BATCH, CROP, CROP, 3)).astype(np.float32)
-  mask = np.zeros((BATCH, CROP, CROP), np.int32)
-  label = np.zeros((BATCH, NUM_CLASSES), np.float32)
-  for i in range(BATCH):
-    c = rng.integers(NUM_CLASSES)
-    y, x = rng.integers(0, CROP - 12, 2)
-    mask[i, y:y + 12, x:x + 12] = c + 1
-    label[i, c] = 1.0
-    image[i][mask[i] > 0] += 1.0
-  return dict(image=image, mask=mask, valid=np.ones(mask.shape, bool), label=label)
+  return reference.fake_batch(step, BATCH, CROP, NUM_CLASSES)
 
 
 def batches(workdir, opts):
