@@ -31,15 +31,8 @@ def _backbone(net):
                 net.bn_axis_name, dilation_scheme=net.dilation_scheme, name='backbone')
 
 
-class RecurSeedNet(nn.Module):
-  """Shared ResNet backbone, a CAM classification head and a DeepLabv3+ segmentation head.
-
-  `__call__(x, train=False)` maps images [B, H, W, 3] to a dict:
-    features: the backbone dict {'stage2'..'stage5'} (compute dtype, not cast).
-    cam: [B, H/os, W/os, C] float32, the classifier's map (the CAM, before any ReLU).
-    logits: [B, C] float32, the spatial mean of `cam`.
-    seg: [B, H/4, W/4, C + 1] float32, channel 0 = background.
-  """
+class _ResNetDeepLab(nn.Module):
+  """The fields both networks share (backbone and DeepLabv3+ head); see build_model."""
   num_classes: int
   stage_sizes: Sequence[int] = (3, 4, 6, 3)
   width: int = 64
@@ -54,6 +47,17 @@ class RecurSeedNet(nn.Module):
   bn_axis_name: Optional[str] = None
   dilation_scheme: str = 'uniform'
 
+
+class RecurSeedNet(_ResNetDeepLab):
+  """Shared ResNet backbone, a CAM classification head and a DeepLabv3+ segmentation head.
+
+  `__call__(x, train=False)` maps images [B, H, W, 3] to a dict:
+    features: the backbone dict {'stage2'..'stage5'} (compute dtype, not cast).
+    cam: [B, H/os, W/os, C] float32, the classifier's map (the CAM, before any ReLU).
+    logits: [B, C] float32, the spatial mean of `cam`.
+    seg: [B, H/4, W/4, C + 1] float32, channel 0 = background.
+  """
+
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> Dict[str, Any]:
     features = _backbone(self)(x, train)
@@ -66,27 +70,15 @@ class RecurSeedNet(nn.Module):
                 seg=seg.astype(jnp.float32))
 
 
-class DeepLabNet(nn.Module):
+class DeepLabNet(_ResNetDeepLab):
   """ResNet + one DeepLab head with C + 1 outputs, for multi-stage training on pseudo masks.
 
   `__call__(x, train=False)` returns dict(features, seg); seg is float32 at stride 4 for
   head='v3plus' and at `output_stride` for head='v2'.
   """
-  num_classes: int
-  stage_sizes: Sequence[int] = (3, 4, 23, 3)
-  width: int = 64
-  output_stride: int = 16
+  stage_sizes: Sequence[int] = (3, 4, 23, 3)  # ResNet-101 by default
   head: str = 'v3plus'
-  aspp_channels: int = 256
-  aspp_rates: Sequence[int] = (6, 12, 18)
-  low_level_channels: int = 48
-  decoder_channels: int = 256
-  aspp_dropout: float = 0.5
-  decoder_dropout: Sequence[float] = (0.5, 0.1)
   v2_rates: Sequence[int] = (6, 12, 18, 24)
-  dtype: Any = jnp.float32
-  bn_axis_name: Optional[str] = None
-  dilation_scheme: str = 'uniform'
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> Dict[str, Any]:
