@@ -103,6 +103,7 @@ def _authors_split(layout, name, cache_dir, workers):
                            np.zeros((len(ids), NUM_CLASSES)),
                            [os.path.join(mask_dir, f'{i}.png') for i in ids],
                            num_classes=NUM_CLASSES)
+  listing.check_exist(split.mask_paths, f'COCO {name} ({mask_dir}; {layout.describe()})')
   xml_dir = os.path.join(folder, 'xml')
   has_xml = os.path.isdir(xml_dir)
   if has_xml:
@@ -123,6 +124,8 @@ def _distributed_split(layout, name, mask_dir, workers, log):
   labels_file = coco_prepare.prepare_split(layout.base, folder, mask_dir, workers, CLASS_NAMES,
                                            log=log)
   split = read_prepared(labels_file, image_dir, os.path.join(mask_dir, folder))
+  listing.check_exist(split.image_paths + split.mask_paths,
+                      f'COCO {name} ({labels_file}; {layout.describe()})')
   return split, image_dir
 
 

@@ -9,7 +9,9 @@ later one covers an earlier one) and `<out>/{train,val}2014_labels.json` ({id: [
 0-based]}). Default out: `<root>/semantic_masks`. Resumable: existing PNGs are kept (read back for
 their labels); every file is written atomically; with workers > 1 the work runs in a 'spawn'
 process pool. The COCO
-provider (data_pipeline/coco.py) runs this lazily when the labels file is missing.
+provider (data_pipeline/coco.py) runs this lazily when the labels file is missing. Annotations
+are checked first (`checked_annotations`): a malformed one is an error naming the file and its
+id; polygons reaching out of their image are clipped or left out, and counted in the log.
 """
 
 import argparse
@@ -91,6 +93,57 @@ def category_labels(categories, class_names=None):
   return {c['id']: k + 1 for k, c in enumerate(cats)}
 
 
+def _polygon_reach(poly, height, width, slack=1.0):
+  """'in', 'partly' or 'out': where a flat [x0, y0, x1, y1, ...] polygon lies in its image."""
+  xy = np.asarray(poly, np.float64).reshape(-1, 2)
+  inside = ((xy[:, 0] >= -slack) & (xy[:, 0] <= width + slack) &
+            (xy[:, 1] >= -slack) & (xy[:, 1] <= height + slack))
+  if inside.all():
+    return 'in'
+  x0, y0 = xy.min(axis=0)
+  x1, y1 = xy.max(axis=0)
+  return 'out' if x1 <= 0 or y1 <= 0 or x0 >= width or y0 >= height else 'partly'
+
+
+def checked_annotations(data, label_of, ann_file, log=print):
+  """The annotations of an instances JSON, checked; errors name the file and annotation id.
+
+  A malformed polygon (odd length, under 3 points) or an unknown category is an error. Polygons
+  reaching out of their image (by more than a pixel) are counted and logged: those partly out are
+  clipped when rasterised, those wholly out are left out (they would draw nothing).
+  """
+  sizes = {img['id']: (img['height'], img['width']) for img in data['images']}
+  partly, out = [], []
+  for ann in data['annotations']:
+    where = f'{ann_file}: annotation {ann.get("id")} (image {ann.get("image_id")})'
+    if ann.get('category_id') not in label_of:
+      raise ValueError(f'{where} has category_id {ann.get("category_id")}, not one of the '
+                       'categories of the file')
+    if ann.get('image_id') not in sizes:
+      continue  # an image the file does not list: nothing to draw it on
+    seg = ann.get('segmentation')
+    if not isinstance(seg, list):
+      yield ann  # RLE: sized to its image by construction
+      continue
+    keep = []
+    for poly in seg:
+      if not isinstance(poly, list) or len(poly) < 6 or len(poly) % 2:
+        got = f'{len(poly)} numbers' if isinstance(poly, list) else repr(poly)
+        raise ValueError(f'{where} has a polygon of {got}; a polygon is x, y pairs, at least 3 '
+                         'points')
+      reach = _polygon_reach(poly, *sizes[ann['image_id']])
+      if reach != 'in':
+        (out if reach == 'out' else partly).append(ann.get('id'))
+      if reach != 'out':
+        keep.append(poly)
+    if keep:
+      yield dict(ann, segmentation=keep)
+  if partly or out:
+    log(f'data: {ann_file}: {len(partly)} polygon(s) reach out of their image and were clipped, '
+        f'{len(out)} lie wholly outside and were left out (annotation ids '
+        f'{sorted(set(partly + out))[:5]})')
+
+
 def labels_path(out_dir, folder):
   return os.path.join(out_dir, f'{folder}_labels.json')
 
@@ -110,8 +163,8 @@ def prepare_split(root, folder, out_dir, workers=0, class_names=None, log=print)
     data = json.load(f)
   label_of = category_labels(data['categories'], class_names)
   by_image = collections.defaultdict(list)
-  for ann in data['annotations']:  # file order: later annotations are drawn over earlier ones
-    by_image[ann['image_id']].append(ann)
+  for ann in checked_annotations(data, label_of, ann_file, log):
+    by_image[ann['image_id']].append(ann)  # file order: later ones are drawn over earlier ones
   os.makedirs(os.path.join(out_dir, folder), exist_ok=True)
   tasks = []
   for img in sorted(data['images'], key=lambda im: im['file_name']):

@@ -49,14 +49,27 @@ def stems(folder, extensions=IMAGE_EXTENSIONS):
 
 
 def read_id_list(path):
-  """Image ids of a list file; a line is `id` or `/JPEGImages/id.jpg /SegmentationClassAug/...`."""
+  """Image ids of a list file; a line is `id` or `/JPEGImages/id.jpg /SegmentationClassAug/id.png`.
+
+  An id may hold spaces (the line less its folders and image extension is the id) and bytes that
+  are not UTF-8 (read as os.listdir reads such names, so the two agree).
+  """
   ids = []
-  with open(path) as f:
+  with open(path, encoding='utf-8', errors='surrogateescape') as f:
     for line in f:
-      parts = line.split()
-      if parts:
-        ids.append(os.path.splitext(os.path.basename(parts[0]))[0])
+      line = line.strip()
+      if line:
+        stem, ext = os.path.splitext(os.path.basename(line))
+        ids.append(stem if ext.lower() in IMAGE_EXTENSIONS else os.path.basename(line))
   return ids
+
+
+def check_exist(paths, where):
+  """FileNotFoundError naming the first missing file and how many of `where`'s are missing."""
+  missing = [p for p in paths if not os.path.exists(p)]
+  if missing:
+    raise FileNotFoundError(f'{len(missing)} of the {len(paths)} files of {where} are missing, '
+                            f'first {missing[0]}')
 
 
 def xml_object_names(path):

@@ -76,9 +76,22 @@ def _voc_palette_index(rgb):
   return tf.cast(label, tf.uint8), ok
 
 
+def _png_header_ok(data):
+  """Whether PNG bytes are what splits.read_mask accepts: 8-bit, or palette indices of any depth.
+
+  tf.io.decode_png would scale 16-bit (and 1/2/4-bit grey) values into 8 bits and so turn label
+  indices into other numbers without a word; such masks are refused instead.
+  """
+  signature = tf.equal(tf.strings.substr(data, 0, 8), b'\x89PNG\r\n\x1a\n')
+  head = tf.io.decode_raw(tf.strings.substr(data, 24, 2), tf.uint8)
+  return signature & ((head[0] == 8) | (head[1] == 3))
+
+
 def decode_mask(data):
   """PNG bytes -> uint8 [H, W] label map (greyscale indices, or VOC-palette colours)."""
-  m = tf.io.decode_png(data, channels=0)
+  header = tf.debugging.Assert(_png_header_ok(data), ['mask is not an 8-bit or palette PNG'])
+  with tf.control_dependencies([header]):
+    m = tf.io.decode_png(data, channels=0)
 
   def from_colours():
     label, ok = _voc_palette_index(m[..., :3])
@@ -113,8 +126,9 @@ def file_source(image_paths, mask_paths, labels, num_classes):
   if len(image_paths) != len(mask_paths) or len(image_paths) != len(labels):
     raise ValueError(f'file_source: {len(image_paths)} images, {len(mask_paths)} masks and '
                      f'{len(labels)} labels')
-  images_t = tf.constant([os.fspath(p) for p in image_paths])
-  masks_t = tf.constant([os.fspath(p) for p in mask_paths])
+  # As bytes: file names that are not UTF-8 (surrogate-escaped str) keep their exact bytes.
+  images_t = tf.constant([os.fsencode(p) for p in image_paths])
+  masks_t = tf.constant([os.fsencode(p) for p in mask_paths])
 
   def fetch(index):
     return decode_example(tf.io.read_file(images_t[index]), tf.io.read_file(masks_t[index]),

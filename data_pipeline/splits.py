@@ -16,10 +16,16 @@ Images of a split may differ in size; consumers bucket them (recurseed_jax/infer
 Splits here: `ArraySplit` (in memory), `FileSplit` (image / mask files); the TFDS records' split
 is data_pipeline/records.py's `RecordSplit`. Errors name the file: a missing one
 (FileNotFoundError), one that does not decode (`CorruptFileError`, skippable with
-config.data.skip_corrupt), a mask with values outside {0..C, 255} or of another size than its
-image (ValueError).
+config.data.skip_corrupt), a mask that decodes but is not a label map of this dataset
+(`BadFileError`): values outside {0..C, 255}, another size than its image, 16-bit or 1/2/4-bit
+grey, colours (RGB or palette) that are not the VOC colour map.
+
+Masks are read exactly as the tf.data stream reads them (data_pipeline/pipeline.py decode_mask),
+so a mask is either good for both or refused by both: 8-bit grey (+ alpha) holds the indices;
+RGB(A) and palette PNGs are read by colour, through the VOC colour map.
 """
 
+import functools
 import os
 
 import numpy as np
@@ -63,7 +69,11 @@ class ArraySplit:
     return tuple(self.images[i].shape[:2])
 
 
-class CorruptFileError(ValueError):
+class BadFileError(ValueError):
+  """An input file that is there but unusable; the message names it."""
+
+
+class CorruptFileError(BadFileError):
   """An image or mask file that cannot be decoded (data.skip_corrupt may skip it)."""
 
 
@@ -93,24 +103,85 @@ def read_image(path):
                            'config.data.skip_corrupt=True to skip such images)') from e
 
 
+_PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+
+
+def png_header(path):
+  """(bit depth, colour type) from a PNG's IHDR chunk; None if the file is no PNG."""
+  with open(path, 'rb') as f:
+    head = f.read(26)
+  if len(head) < 26 or not head.startswith(_PNG_SIGNATURE) or head[12:16] != b'IHDR':
+    return None
+  return head[24], head[25]
+
+
+@functools.lru_cache(maxsize=None)
+def _voc_codes():
+  """The VOC colours as sorted 24-bit codes, and the label of each (the map is a bijection)."""
+  pal = io_utils.voc_palette().astype(np.int64)
+  codes = (pal[:, 0] << 16) | (pal[:, 1] << 8) | pal[:, 2]
+  order = np.argsort(codes)
+  return codes[order], order.astype(np.uint8)
+
+
+def colours_to_labels(path, rgb):
+  """uint8 [H, W] labels of VOC-colour-map pixels; BadFileError at the first other colour."""
+  rgb = rgb[..., :3].astype(np.int64)
+  codes = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+  known, labels = _voc_codes()
+  pos = np.clip(np.searchsorted(known, codes), 0, len(known) - 1)
+  bad = known[pos] != codes
+  if bad.any():
+    y, x = np.argwhere(bad)[0]
+    raise BadFileError(
+        f'mask {path} has the colour {tuple(int(v) for v in rgb[y, x])} at (y={y}, x={x}), which '
+        'is not in the VOC colour map; colour masks must use it, or save label indices as an '
+        '8-bit greyscale PNG')
+  return labels[pos]
+
+
+def _decode_mask(path):
+  """uint8 [H, W] labels of a mask file, read as the tf.data stream reads it."""
+  header = png_header(path)
+  if header is None:
+    raise CorruptFileError(f'mask {path} is not a PNG (empty, cut short or another format); '
+                           'masks are PNG label maps')
+  depth, colour_type = header
+  if colour_type != 3 and depth != 8:  # palette indices of any depth expand to 8-bit colours
+    raise BadFileError(f'mask {path} is a {depth}-bit PNG; masks are 8-bit (greyscale label '
+                       'indices, or VOC colours)')
+  with Image.open(path) as img:
+    img.load()
+    mode = img.mode
+    if mode in ('L', 'LA'):
+      return np.asarray(img.getchannel(0))
+    if mode in ('P', 'PA'):
+      return colours_to_labels(path, np.asarray(img.convert('RGB')))
+    if mode in ('RGB', 'RGBA'):
+      return colours_to_labels(path, np.asarray(img))
+  raise BadFileError(f'mask {path} has the image mode {mode!r}; masks are 8-bit greyscale label '
+                     'indices or VOC colours')
+
+
 def read_mask(path, num_classes, size=None, image_path=None):
   """uint8 [H, W] label map of a PNG mask, checked: values in {0..C, 255}, size (H, W) if given."""
   try:
-    mask = io_utils.load_mask_png(path)
+    mask = _decode_mask(path)
   except FileNotFoundError:
     raise FileNotFoundError(f'mask file {path} is missing') from None
-  except ValueError as e:
-    if 'expected a palette' in str(e):
-      raise
-    raise CorruptFileError(str(e)) from e
+  except BadFileError:
+    raise
+  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+    raise CorruptFileError(f'cannot decode mask {path}: {e} (a corrupt file? set '
+                           'config.data.skip_corrupt=True to skip such images)') from e
   bad = (mask > num_classes) & (mask != IGNORE)
   if bad.any():
     values = sorted(set(np.unique(mask[bad]).tolist()))
-    raise ValueError(f'mask {path} has values {values[:8]} outside 0..{num_classes} (classes) and '
-                     f'{IGNORE} (ignore); is it a mask of this dataset?')
+    raise BadFileError(f'mask {path} has values {values[:8]} outside 0..{num_classes} (classes) '
+                       f'and {IGNORE} (ignore); is it a mask of this dataset?')
   if size is not None and tuple(mask.shape) != tuple(size):
-    raise ValueError(f'mask {path} is {mask.shape[1]}x{mask.shape[0]} (WxH) but its image '
-                     f'{image_path or ""} is {size[1]}x{size[0]}')
+    raise BadFileError(f'mask {path} is {mask.shape[1]}x{mask.shape[0]} (WxH) but its image '
+                       f'{image_path or ""} is {size[1]}x{size[0]}')
   return mask
 
 

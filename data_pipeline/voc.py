@@ -82,7 +82,14 @@ def _labels(layout, split_name, split, xml_paths, cache_dir, workers):
     compute = lambda: listing.labels_from_masks(split, workers)
   else:
     return np.zeros((len(split), NUM_CLASSES), np.float32)  # test: labels unknown
-  return listing.labels_cached(cache_dir, f'labels-voc12-{split_name}', key, NUM_CLASSES, compute)
+  labels = listing.labels_cached(cache_dir, f'labels-voc12-{split_name}', key, NUM_CLASSES,
+                                 compute)
+  empty = np.flatnonzero(~labels.any(axis=1)) if xml_paths is not None else []
+  if len(empty):  # every VOC image has an object: the file is cut short or not VOC's
+    raise splits.BadFileError(
+        f'annotation {xml_paths[empty[0]]} lists no <object> ({len(empty)} such file(s) in VOC '
+        f'{split_name}); restore it, or remove the xml folder to take the labels from the masks')
+  return labels
 
 
 def _authors_split(layout, name):
@@ -151,8 +158,8 @@ def load_split(layout, name, cache_dir=None, workers=0):
   ids, images, masks, xmls, where = read(layout, name)
   if not ids:
     raise ValueError(f'VOC {name} split is empty: no images in {where} ({layout.describe()})')
-  for path in images[:1] + (masks or [])[:1]:  # one cheap probe; each file is checked when read
-    _require(path, f'VOC {name} file', layout)
+  # Every listed file, now rather than when a later stage reaches it (a stat each: fast).
+  listing.check_exist(images + (masks or []), f'VOC {name} ({where}; {layout.describe()})')
   split = splits.FileSplit(ids, images, np.zeros((len(ids), NUM_CLASSES)), masks,
                            num_classes=NUM_CLASSES)
   split.labels = _labels(layout, name, split, xmls, cache_dir, workers)

@@ -173,3 +173,52 @@ def corrupt_file(path, keep=60):
     head = f.read(keep)
   with open(path, 'wb') as f:
     f.write(head)
+
+
+# --- hostile files (tests/fault/) ------------------------------------------------------------
+
+UNKNOWN_COLOUR = (20, 40, 60)  # not in the VOC colour map
+
+
+def write_hostile_mask(path, mask, kind):
+  """Writes label map `mask` in a way a reader must refuse (or, for 'rgb-voc', accept).
+
+  kind: 'rgb-voc' (RGB, VOC colours), 'rgb-unknown' (RGB, one pixel of UNKNOWN_COLOUR),
+  '16bit' (16-bit greyscale), 'palette-unknown' (palette PNG, the colour of its first class is
+  not VOC's), 'empty' (zero bytes), 'truncated' (a PNG cut short).
+  """
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  if kind in ('rgb-voc', 'rgb-unknown'):
+    rgb = io_utils.voc_palette()[mask]
+    if kind == 'rgb-unknown':
+      rgb[1, 2] = UNKNOWN_COLOUR
+    Image.fromarray(rgb).save(path, format='PNG')
+  elif kind == '16bit':
+    Image.fromarray(mask.astype(np.uint16)).save(path, format='PNG')
+  elif kind == 'palette-unknown':
+    img = Image.fromarray(mask)
+    palette = io_utils.voc_palette().copy()
+    palette[mask[(mask > 0) & (mask < 255)][0]] = UNKNOWN_COLOUR
+    img.putpalette(palette.tobytes())
+    img.save(path, format='PNG')
+  elif kind == 'empty':
+    open(path, 'wb').close()
+  elif kind == 'truncated':
+    write_grey_png(path, mask)
+    corrupt_file(path, keep=os.path.getsize(path) // 2)
+  else:
+    raise ValueError(f'unknown hostile mask kind {kind!r}')
+
+
+def rename_example(folder, image_id, new_id):
+  """Renames the image, mask and xml of `image_id` under an authors'-layout split folder.
+
+  `new_id` may be bytes (a file name that is not UTF-8); returns it as os.listdir gives it back.
+  """
+  new = os.fsencode(new_id)
+  for sub, ext in (('image', '.jpg'), ('mask', '.png'), ('xml', '.xml')):
+    src = os.path.join(folder, sub, f'{image_id}{ext}')
+    if os.path.exists(src):
+      os.rename(os.fsencode(src), os.path.join(os.fsencode(os.path.join(folder, sub)),
+                                               new + ext.encode()))
+  return os.fsdecode(new)
