@@ -3,8 +3,12 @@
     python launch.py                                   # the embedded synthetic demo
     python launch.py --config configs/default.py --workdir runs/demo --config.train.steps=100
     python launch.py --stages=seeds,crf                # a part; finished stages are skipped
+
+One run per workdir: a second launch on a workdir that a live run holds stops at once, naming it
+(recurseed_jax/workdir_lock.py); a killed run's lock and temp files are taken over on rerun.
 """
 
+import contextlib
 import os
 import sys
 
@@ -43,6 +47,9 @@ def main(argv):
   if len(argv) > 1:
     _fail(f'unexpected arguments: {" ".join(argv[1:])}')
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save/restore at INFO
+  # A file name that is not UTF-8 (surrogate-escaped) in a log line must not end the run.
+  if hasattr(sys.stdout, 'reconfigure'):
+    sys.stdout.reconfigure(errors='backslashreplace')
   # Imported here so that --help and flag errors stay fast.
   from recurseed_jax import stages as stages_lib
   from recurseed_jax import validate
@@ -56,14 +63,55 @@ def main(argv):
   parallel.initialize_distributed(FLAGS.distributed)  # before anything touches the devices
   try:
     parallel.check_batch_size(config.train.batch_size, parallel.make_mesh())
+    if 'train_seg' in names:  # the segmenter's own batch, before RecurSeed trains for days
+      from recurseed_jax import multistage  # pylint: disable=g-import-not-at-top
+      parallel.check_batch_size(multistage.seg_config(config).train.batch_size,
+                                parallel.make_mesh(), key='seg.train.batch_size')
   except ValueError as e:
     _fail(str(e))
+  import jax
+  local = jax.local_device_count()
+  if config.infer.batch_size % local:  # inference shards over this host's devices
+    _fail(f'config.infer.batch_size={config.infer.batch_size} must be a multiple of the {local} '
+          'local devices (each takes an equal share of a batch)')
   workdir = FLAGS.workdir
   _check_workdir(workdir)
+  with _lock_workdir(workdir):
+    _run(config, names, workdir)
+
+
+def _lock_workdir(workdir):
+  """The workdir's lock (process 0 only, see workdir_lock.py); stale temp files removed."""
+  import jax
+  from recurseed_jax import workdir_lock
+  if jax.process_index() != 0:
+    return contextlib.nullcontext()
+  lock = workdir_lock.WorkdirLock(workdir)
+  try:
+    lock.acquire()
+  except workdir_lock.WorkdirBusyError as e:
+    _fail(str(e))
+  except OSError as e:
+    _fail(f'cannot lock {lock.path} ({e.strerror}); one run per workdir needs a filesystem with '
+          'file locks')
+  if lock.previous is not None:
+    print(f'{lock.describe_previous()}; resuming', file=sys.stderr)
+  removed = workdir_lock.remove_stale_temps(workdir)
+  if removed:
+    print(f'removed {len(removed)} temp file(s) left by a killed run, e.g. {removed[0]}',
+          file=sys.stderr)
+  return lock
+
+
+def _run(config, names, workdir):
+  """Data, then the stages; input and checkpoint problems end in a one-line error."""
+  from recurseed_jax import checkpoint as ckpt_lib
   from recurseed_jax import io_utils
+  from recurseed_jax import stages as stages_lib
   io_utils.atomic_write_bytes(os.path.join(workdir, 'config.json'),
                               config.to_json_best_effort(indent=2).encode())
   from data_pipeline import datasets
+  from data_pipeline import splits
   try:
     data = datasets.build(config, workdir)
   except (ValueError, FileNotFoundError) as e:
@@ -71,6 +119,12 @@ def main(argv):
   run = stages_lib.Run(config=config, workdir=workdir, data=data, class_names=data.class_names)
   from recurseed_jax import train as train_lib
   try:
+    if config.get('ablation'):  # configs/synthetic_ablation.py: every variant, then the table
+      from recurseed_jax import ablation  # pylint: disable=g-import-not-at-top
+      print(ablation.run(config, workdir, data, names, command=' '.join(sys.argv)))
+      print(f'ablation: {os.path.join(workdir, "ablation.md")}, '
+            f'{os.path.join(workdir, "ablation_seed_miou.png")}')
+      return
     summary = stages_lib.run_stages(run, names)
   except train_lib.Interrupted as e:  # SIGTERM / SIGINT: saved; the same command resumes
     print(str(e), file=sys.stderr)
@@ -78,6 +132,8 @@ def main(argv):
   except train_lib.NonFiniteError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)
+  except (splits.BadFileError, ckpt_lib.CheckpointMismatchError, FileNotFoundError) as e:
+    _fail(str(e))  # a file found bad mid-run (each message names it); the rest is kept
   if summary:
     print(stages_lib.format_summary(summary))
     print(f'summary: {os.path.join(workdir, "summary.json")}')

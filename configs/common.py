@@ -18,7 +18,7 @@ def _epochs(ref, num_images, epochs):
 def rs50(name, num_classes, num_train, epochs, mix_after_epochs):
   """The ResNet-50 RecurSeed + CertainMix config for dataset `name` (METHOD.md sections 1-5)."""
   c = default.get_config()
-  c.stages = 'train,seeds,crf,evaluate,export'
+  c.stages = 'train_rs,seeds,crf,evaluate,export'
 
   d = c.data
   d.name = name
@@ -75,4 +75,60 @@ def rs50(name, num_classes, num_train, epochs, mix_after_epochs):
 
   c.crf.workers = 8                  # DenseCRF parameters: METHOD.md section 5 (the defaults)
   c.export.num_overlays = 16
+  return c
+
+
+# The public training recipe of each segmenter head (the authors released none for theirs):
+# - v3plus: DeepLabv3+ as the common PyTorch reimplementation trains it on VOC + SBD
+#   (jfzhang95/pytorch-deeplab-xception): SGD lr 0.007, momentum 0.9, poly 0.9, weight decay 5e-4
+#   [their default; the v3+ paper used 4e-5], batch 16, crop 513 (ours 512: a multiple of the
+#   stride), 50 epochs, random scale 0.5-2.0.
+# - v2: DeepLabv2 as kazuto1011/deeplab-pytorch trains it on VOC (configs/voc12.yaml): SGD lr
+#   2.5e-4 with 10x on the ASPP, momentum 0.9, poly 0.9, weight decay 5e-4, batch 10, crop 321
+#   (ours 320: their align-corners 8k + 1 is our half-pixel 8k), 20k iterations, random scale
+#   0.5-1.5; output stride 8 in training and at test time (DeepLabv2 paper), ASPP-L rates 6-24.
+# Both: 10x lr on the new head, plain momentum (no Nesterov), no colour jitter.
+SEGMENTER_RECIPES = dict(
+    v3plus=dict(lr=0.007, weight_decay=5e-4, batch_size=16, crop_size=512, scale_range=(0.5, 2.0),
+                epochs=50, output_stride=16),
+    v2=dict(lr=2.5e-4, weight_decay=5e-4, batch_size=10, crop_size=320, scale_range=(0.5, 1.5),
+            steps=20000, output_stride=8),
+)
+
+
+def multistage(c, head, num_train, epochs=None, steps=None):
+  """Adds the multi-stage segmenter (config.seg) to a single-stage config `c`, in place.
+
+  `head` 'v3plus' or 'v2'. The RecurSeed stages stay those of `c`; the segmenter is a ResNet-101
+  DeepLab from ImageNet weights trained on the CRF pseudo masks (v3+ at output stride 16, predicting
+  at 8 with its ASPP rates doubled; v2 at 8 throughout), scales + flip, classes at max probability >= 0.05, the same CRF (METHOD.md
+  sections 1 and 5). The authors never released this training, so its recipe is the public one of
+  each head (SEGMENTER_RECIPES, with sources); the schedule is `epochs` over `num_train` images or
+  `steps` (default: the recipe's).
+  """
+  c.stages = 'train_rs,seeds,crf,train_seg,predict,evaluate,export'
+  s = c.seg
+  s.init = 'imagenet:pretrained/resnet101.pth'  # a torchvision resnet101 state_dict (README)
+  m = s.model
+  m.stage_sizes = (3, 4, 23, 3)      # ResNet-101 (METHOD.md section 1, multi-stage)
+  m.segmenter_head = head
+  recipe = SEGMENTER_RECIPES[head]
+  m.output_stride = recipe['output_stride']  # v3+: train at 16, predict at 8 (v3/v3+ papers)
+  m.low_level_channels = 48          # the DeepLabv3+ decoder's reduction (v3+ paper)
+  m.aspp_rates = (6, 12, 18)         # v3+ at OS16 (v3+ paper)
+  m.v2_rates = (6, 12, 18, 24)       # DeepLabv2 ASPP-L at OS8 (v2 paper)
+  s.predict_model.output_stride = 8
+  s.predict_model.aspp_rates = (12, 24, 36)  # v3+ rates double with the resolution (v3 paper)
+  o, t, d = s.optim, s.train, s.data
+  o.lr, o.weight_decay, t.batch_size = recipe['lr'], recipe['weight_decay'], recipe['batch_size']
+  o.head_lr_mult, o.momentum, o.nesterov, o.poly_power = 10.0, 0.9, False, 0.9
+  d.crop_size, d.scale_range, d.long_side = recipe['crop_size'], recipe['scale_range'], None
+  d.color_jitter = (0.0, 0.0, 0.0, 0.0)
+  if epochs is None and steps is None:
+    epochs, steps = recipe.get('epochs'), recipe.get('steps')
+  t.steps = steps if steps is not None else _epochs(t.batch_size, num_train, epochs)
+  t.checkpoint_every = 1000
+  t.log_every = 50
+  s.infer.class_threshold = 0.05     # METHOD.md section 5 (multi-stage)
+  s.infer.batch_size = 4             # ResNet-101 at OS8, scale 2 with flips: fits an 80 GB GPU
   return c

@@ -19,7 +19,7 @@ def get_config():
   c = ml_collections.ConfigDict()
   c.seed = 0
   # Which stages `launch.py` runs, in order. --stages=... overrides.
-  c.stages = 'train,seeds,crf,evaluate,export'
+  c.stages = 'train_rs,seeds,crf,evaluate,export'
 
   # --- data -------------------------------------------------------------------------------------
   c.data = ml_collections.ConfigDict()
@@ -69,6 +69,7 @@ def get_config():
   # `python -m recurseed_jax.convert_weights` (README, "Pretrained weights").
   c.model.init = 'scratch'
   c.model.init_strict = True          # False: class-dependent layers of another shape keep init
+  c.model.network = 'recurseed'       # 'recurseed' (train_rs); the segmenter's is 'deeplab' (c.seg)
 
   # --- RecurSeed (METHOD.md section 2) ----------------------------------------------------------
   c.rs = ml_collections.ConfigDict()
@@ -100,10 +101,16 @@ def get_config():
 
   # --- CertainMix (METHOD.md section 3) ---------------------------------------------------------
   c.mix = ml_collections.ConfigDict()
-  c.mix.kind = 'certainmix'          # 'certainmix' | 'classmix' | 'none'
+  c.mix.kind = 'certainmix'          # 'certainmix' | 'classmix' | 'edgepredictmix' | 'none'
   c.mix.start_step = 400
   c.mix.class_prob = 0.5             # each present class of the pasted image is pasted with this prob.
   c.mix.min_area = 0.01              # a class keeps its image label while it covers this pixel fraction
+  # EdgePredictMix only (our reconstruction, mix.py): near the paste boundary, pixels with a
+  # seed edge nearby are ignored. Edge pixel: max |p(x) - p(n)| over the bg + class
+  # probabilities and the pixels n edge_distance away along each axis >= edge_threshold.
+  c.mix.edge_threshold = 0.3
+  c.mix.edge_band = 2                # Chebyshev radius (px) of the ignored band; 0 = ClassMix
+  c.mix.edge_distance = 0            # px; 0: rs.refine_stride (one cell of the refined seed)
 
   # --- optimisation (METHOD.md section 4) -------------------------------------------------------
   c.optim = ml_collections.ConfigDict()
@@ -158,6 +165,21 @@ def get_config():
   c.crf.pos_xy_std = 1.0
   c.crf.workers = 2                  # CRF processes (one per free core); 0 = inline
   c.crf.queue_size = 8               # seeds waiting for the CRF pool (bounds host memory)
+
+  # --- multi-stage segmenter: stages train_seg, predict (recurseed_jax/multistage.py) ----------
+  # A DeepLabNet trained on the pseudo masks (cross-entropy, 255 ignored), then predicting val /
+  # test with scales + flip, classes kept at max probability >= 0.05, and the same CRF (METHOD.md
+  # section 5). Each subsection lists the fields of that section that differ for the segmenter;
+  # the rest are the run's. configs/synthetic_multistage.py and configs/voc12_multistage_*.py.
+  c.seg = ml_collections.ConfigDict()
+  c.seg.init = 'scratch'             # the segmenter's model.init ('imagenet:<path>' on real data)
+  c.seg.max_classes = 8              # classes per image the CRF sees (the most probable first)
+  c.seg.data = ml_collections.ConfigDict()
+  c.seg.model = ml_collections.ConfigDict(dict(segmenter_head='v3plus'))
+  c.seg.optim = ml_collections.ConfigDict()
+  c.seg.train = ml_collections.ConfigDict()
+  c.seg.infer = ml_collections.ConfigDict(dict(class_threshold=0.05))
+  c.seg.predict_model = ml_collections.ConfigDict()  # at prediction: e.g. output_stride=8
 
   # --- export --------------------------------------------------------------------------------
   c.export = ml_collections.ConfigDict()

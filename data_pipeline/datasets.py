@@ -3,8 +3,11 @@
 A provider has `class_names` (C names, no background), `split(name)` for 'train' (what RecurSeed
 trains on and makes pseudo masks for: VOC train_aug, COCO train), 'val' and, where the dataset has
 it, 'test' (data_pipeline/splits.py's interface), and
-`train_batches(start_step=0, process_index=0, process_count=1)`: augmented numpy batches of this
-process's rows of every global batch, from that step on (deterministic for config.seed).
+`train_batches(start_step=0, process_index=0, process_count=1, config=None, mask_dir=None)`:
+augmented numpy batches of this process's rows of every global batch, from that step on
+(deterministic for config.seed). `config` replaces the provider's own for the batch size, seed
+and augmentation (the multi-stage segmenter has its own); `mask_dir` replaces the dataset's masks
+by `<mask_dir>/<id>.png` (pseudo masks as the segmenter's ground truth).
 
 `build(config, workdir)` picks the reader for config.data.name ('synthetic', 'voc12', 'coco14')
 and config.data.source ('files': the folders as they are; 'tfds': records written once by a TFDS
@@ -13,6 +16,8 @@ builder, data_pipeline/tfds_builders.py).
 
 import functools
 import os
+
+import numpy as np
 
 from data_pipeline import coco
 from data_pipeline import listing
@@ -23,6 +28,16 @@ from data_pipeline import voc
 
 KNOWN = ('synthetic', 'voc12', 'coco14')
 SOURCES = ('files', 'tfds')
+
+
+def mask_paths(split, mask_dir):
+  """`<mask_dir>/<id>.png` of every image of a split; FileNotFoundError names the first missing."""
+  paths = [os.path.join(mask_dir, f'{image_id}.png') for image_id in split.ids]
+  missing = [p for p in paths if not os.path.exists(p)]
+  if missing:
+    raise FileNotFoundError(f'{len(missing)} of {len(paths)} masks are missing from {mask_dir}, '
+                            f'e.g. {missing[0]}: run the crf stage first')
+  return paths
 
 
 def cache_dir(config, workdir):
@@ -47,29 +62,40 @@ class SyntheticData:
     d = self._arrays(name)
     return splits.ArraySplit(d['ids'], d['images'], d['labels'], d['masks'])
 
-  def train_batches(self, start_step=0, process_index=0, process_count=1):
+  def train_batches(self, start_step=0, process_index=0, process_count=1, config=None,
+                    mask_dir=None):
     """Augmented training batches from `start_step` on (deterministic for config.seed)."""
+    config = config or self.config
     d = self._arrays('train')
+    masks = d['masks']
+    if mask_dir is not None:
+      from recurseed_jax import io_utils  # pylint: disable=g-import-not-at-top
+      masks = np.stack([io_utils.load_mask_png(p)
+                        for p in mask_paths(self.split('train'), mask_dir)])
     return pipeline.train_iterator_from_config(
-        self.config.data, d['images'], d['masks'], d['labels'],
-        batch_size=self.config.train.batch_size, seed=self.config.seed, start_step=start_step,
+        config.data, d['images'], masks, d['labels'],
+        batch_size=config.train.batch_size, seed=config.seed, start_step=start_step,
         process_index=process_index, process_count=process_count)
 
 
 class _StreamMixin:
   """train_batches over `self._source(split)` for providers whose splits are read lazily."""
 
-  def train_batches(self, start_step=0, process_index=0, process_count=1):
+  def train_batches(self, start_step=0, process_index=0, process_count=1, config=None,
+                    mask_dir=None):
     """Augmented training batches from `start_step` on; a bad file raises an error naming it."""
+    config = config or self.config
     split = self.split('train')
+    if mask_dir is not None:
+      split = self._with_masks(split, mask_paths(split, mask_dir))
     if not split.has_masks:
       raise ValueError("the 'train' split has no masks; training needs them (seed quality metrics "
                        'and the upper bound)')
-    batch_size, seed = self.config.train.batch_size, self.config.seed
+    batch_size, seed = config.train.batch_size, config.seed
     ds = pipeline.train_stream(self._source(split), batch_size=batch_size, seed=seed,
                                start_step=start_step, process_index=process_index,
                                process_count=process_count,
-                               **pipeline.stream_kwargs(self.config.data))
+                               **pipeline.stream_kwargs(config.data))
 
     def diagnose(step):
       for i in pipeline.batch_indices(len(split), step, batch_size=batch_size, seed=seed,
@@ -113,6 +139,10 @@ class FileData(_StreamMixin):
     return pipeline.file_source(split.image_paths, split.mask_paths, split.labels,
                                 split.num_classes)
 
+  def _with_masks(self, split, paths):
+    return splits.FileSplit(split.ids, split.image_paths, split.labels, paths,
+                            num_classes=split.num_classes)
+
 
 class RecordData(_StreamMixin):
   """Any dataset read from the records of its TFDS builder (built on first use)."""
@@ -142,6 +172,12 @@ class RecordData(_StreamMixin):
 
   def _source(self, split):
     return self._records.record_source(split)
+
+  def _with_masks(self, split, paths):
+    del split, paths
+    raise ValueError('the multi-stage segmenter (train_seg) reads the images from their folders: '
+                     'set config.data.source=files for that stage (the records hold the '
+                     'ground-truth masks, not the pseudo masks)')
 
 
 def build(config, workdir):

@@ -222,6 +222,8 @@ def make_predict_fn(model, scales=(1.0,), flip=True, align=32):
   cam: mean over passes of relu(CAM) resized to the image [B,H,W,C]; seg: mean softmax of the
   segmentation head [B,H,W,C+1]; both zero past the valid size. class_prob: mean sigmoid of the
   class logits [B,C]. See the module docstring for what padding does and does not change.
+  A network without a CAM (models.DeepLabNet, the multi-stage segmenter) gives seg only, and
+  class_prob = the max over the image of each class's mean softmax (METHOD.md section 5).
   """
   scales = tuple(float(s) for s in scales)
 
@@ -242,20 +244,27 @@ def make_predict_fn(model, scales=(1.0,), flip=True, align=32):
       xs = _resize(x, hw, hw_s, canvas, flips)
       with nn.intercept_methods(_padding_interceptor(hw_s, canvas)):
         out = model.apply(variables, xs, train=False)
-      cam_hw = _valid_at(hw_s, canvas, out['cam'].shape[1:3])
+      has_cam = 'cam' in out
+      cam_hw = _valid_at(hw_s, canvas, out['cam'].shape[1:3]) if has_cam else 0
       seg_hw = _valid_at(hw_s, canvas, out['seg'].shape[1:3])
       if cam_hw is None or seg_hw is None:
         raise ValueError(f'canvas {canvas} is not a multiple of the output strides; '
                          f'align={align} must be a multiple of the output stride')
-      cam = out['cam'] * _rect_mask(cam_hw, out['cam'].shape[1:3])
-      logits = cam.sum((1, 2)) / (cam_hw[:, :1] * cam_hw[:, 1:]).astype(jnp.float32)
       # Back to the image, un-mirroring the flipped half on the way.
-      cams = cams + _resize(jax.nn.relu(cam), cam_hw, hw, (hb, wb), flips)
       segs = segs + _resize(jax.nn.softmax(out['seg'], axis=-1), seg_hw, hw, (hb, wb), flips)
-      probs = probs + jax.nn.sigmoid(logits)
-    if flip:
-      cams, segs, probs = cams[:b] + cams[b:], segs[:b] + segs[b:], probs[:b] + probs[b:]
+      if has_cam:
+        cam = out['cam'] * _rect_mask(cam_hw, out['cam'].shape[1:3])
+        logits = cam.sum((1, 2)) / (cam_hw[:, :1] * cam_hw[:, 1:]).astype(jnp.float32)
+        cams = cams + _resize(jax.nn.relu(cam), cam_hw, hw, (hb, wb), flips)
+        probs = probs + jax.nn.sigmoid(logits)
     n = len(scales) * (2 if flip else 1)
+    if flip:
+      segs = segs[:b] + segs[b:]
+    if not has_cam:  # seg is zero past the valid size, so the max sees the image only
+      segs = segs / n
+      return dict(seg=segs, class_prob=jnp.max(segs[..., 1:], axis=(1, 2)))
+    if flip:
+      cams, probs = cams[:b] + cams[b:], probs[:b] + probs[b:]
     return dict(cam=cams / n, seg=segs / n, class_prob=probs / n)
 
   return predict
@@ -292,6 +301,41 @@ def make_infer_step(predict, mean, std, class_threshold=0.34, num_kept=None):
     return dict(class_prob=out['class_prob'], classes=classes.astype(jnp.int32),
                 cam=take(normalized_scores(out['cam'], keep)),
                 seg=take(normalized_scores(out['seg'][..., 1:], keep)))
+
+  return step
+
+
+def make_segmenter_step(predict, mean, std, class_threshold=0.05, max_classes=8):
+  """Returns jitted `step(variables, images, valid_hw, labels) -> dict` for the segmenter.
+
+  The multi-stage prediction (METHOD.md section 5): classes whose max probability is at least
+  `class_threshold` are kept (at most `max_classes`, the most probable first); `pred` uint8
+  [B,H,W] is the argmax over background + kept classes; `classes` int32 [B,K] the kept class
+  indices (then -1) and `probs` uint8 [B,H,W,1+K] the softmax renormalised over background + those
+  classes (what the CRF takes as its unary). `labels` is ignored (the same call as
+  make_infer_step's, so run_split drives both).
+  """
+  mean = np.asarray(mean, np.float32)
+  std = np.asarray(std, np.float32)
+
+  @jax.jit
+  def step(variables, images, valid_hw, labels):
+    del labels
+    x = (images.astype(jnp.float32) / 255.0 - mean) / std
+    out = predict(variables, x, valid_hw)
+    seg, prob = out['seg'], out['class_prob']
+    keep = prob >= class_threshold
+    k = min(int(max_classes), prob.shape[-1])
+    order = jnp.argsort(jnp.where(keep, -prob, 1.0), axis=-1, stable=True)[:, :k]
+    kept = jnp.take_along_axis(keep, order, axis=-1)
+    classes = jnp.where(kept, order, -1).astype(jnp.int32)
+    fg = jnp.take_along_axis(seg[..., 1:], order[:, None, None, :], axis=-1) * kept[:, None, None]
+    sub = jnp.concatenate([seg[..., :1], fg], axis=-1)
+    sub = sub / jnp.maximum(jnp.sum(sub, axis=-1, keepdims=True), 1e-12)
+    lut = jnp.concatenate([jnp.zeros_like(classes[:, :1]), classes + 1], axis=-1)
+    pred = jnp.take_along_axis(lut, jnp.argmax(sub, axis=-1).reshape(sub.shape[0], -1), axis=-1)
+    return dict(class_prob=prob, classes=classes, probs=_quantize(sub),
+                pred=pred.reshape(sub.shape[:3]).astype(jnp.uint8))
 
   return step
 
@@ -356,7 +400,12 @@ def _unpack(batch, outs):
     per_model = {}
     for name, out in outs.items():
       res = {'class_prob': out['class_prob'][j]}
-      if 'pred' in out:
+      if 'probs' in out:  # the segmenter (make_segmenter_step)
+        k = int((out['classes'][j] >= 0).sum())
+        res['classes'] = out['classes'][j, :k]
+        res['probs'] = out['probs'][j, :h, :w, :1 + k]
+        res['pred'] = out['pred'][j, :h, :w]
+      elif 'pred' in out:
         res['keep'] = np.flatnonzero(out['keep'][j])
         res['pred'] = out['pred'][j, :h, :w]
       else:

@@ -66,15 +66,15 @@ def make_mesh(devices=None):
   return Mesh(np.asarray(devices), (AXIS,))
 
 
-def check_batch_size(batch_size, mesh):
+def check_batch_size(batch_size, mesh, key='train.batch_size'):
   """Fails before any compute when the global batch cannot be split evenly."""
   n, procs = mesh.size, jax.process_count()
   if batch_size <= 0 or batch_size % n:
-    raise ValueError(f'config.train.batch_size={batch_size} must be a positive multiple of the '
+    raise ValueError(f'config.{key}={batch_size} must be a positive multiple of the '
                      f'{n} devices (data parallel: each device takes an equal share); use a '
                      f'multiple of {n}')
   if batch_size % procs:
-    raise ValueError(f'config.train.batch_size={batch_size} must be a multiple of the {procs} '
+    raise ValueError(f'config.{key}={batch_size} must be a multiple of the {procs} '
                      'processes (each feeds an equal share)')
 
 

@@ -24,10 +24,14 @@ from recurseed_jax import evaluate as eval_lib
 from recurseed_jax import export as export_lib
 from recurseed_jax import infer
 from recurseed_jax import io_utils
+from recurseed_jax import multistage
 from recurseed_jax import parallel
 from recurseed_jax import train as train_lib
 
-STAGES = ('train', 'seeds', 'crf', 'evaluate', 'export')
+# The whole paper in pipeline order: RecurSeed training, its seeds and pseudo masks, the
+# multi-stage segmenter trained on them and its predictions, then scoring and export.
+STAGES = ('train_rs', 'seeds', 'crf', 'train_seg', 'predict', 'evaluate', 'export')
+ALIASES = {'train': 'train_rs'}  # the name before the multi-stage stages existed
 
 
 @dataclasses.dataclass
@@ -46,7 +50,7 @@ class Run:
 
 
 def parse_stages(text):
-  names = [s.strip() for s in str(text).split(',') if s.strip()]
+  names = [ALIASES.get(s.strip(), s.strip()) for s in str(text).split(',') if s.strip()]
   unknown = [s for s in names if s not in STAGES]
   if unknown:
     raise ValueError(f'unknown stage {unknown[0]!r} in --stages; known stages: {", ".join(STAGES)}')
@@ -67,7 +71,7 @@ def _enabled_runs(config):
   return [(name, sup) for name, sup, switch in RUNS if switch is None or config.train[switch]]
 
 
-def stage_train(run):
+def stage_train_rs(run):
   def batches(start_step):  # this process's slice of every global batch (multi-host)
     return run.data.train_batches(start_step, process_index=jax.process_index(),
                                   process_count=jax.process_count())
@@ -127,10 +131,14 @@ class _Writer:
 
 
 class _Inference:
-  """Models restored on first use, one predict function, the batch sharding over all devices."""
+  """Models restored on first use, one predict function, the batch sharding over all devices.
 
-  def __init__(self, run):
+  `segmenter`: the models are multi-stage DeepLabNets, whose step is make_segmenter_step.
+  """
+
+  def __init__(self, run, segmenter=False):
     self.run = run
+    self.segmenter = segmenter
     cfg = run.config
     self.mesh = parallel.make_mesh(jax.local_devices())
     if cfg.infer.batch_size % self.mesh.size:
@@ -155,8 +163,13 @@ class _Inference:
       cfg = self.run.config
       predict = infer.make_predict_fn(self.model, cfg.infer.scales, cfg.infer.flip,
                                       align=cfg.model.output_stride)
-      self._steps[num_kept] = infer.make_infer_step(predict, cfg.data.mean, cfg.data.std,
-                                                    cfg.infer.class_threshold, num_kept)
+      if self.segmenter:
+        self._steps[num_kept] = infer.make_segmenter_step(
+            predict, cfg.data.mean, cfg.data.std, cfg.infer.class_threshold,
+            cfg.seg.max_classes)
+      else:
+        self._steps[num_kept] = infer.make_infer_step(predict, cfg.data.mean, cfg.data.std,
+                                                      cfg.infer.class_threshold, num_kept)
     return self._steps[num_kept]
 
   def run_split(self, names, split, indices, num_kept, desc):
@@ -178,8 +191,13 @@ def _load_seed(run, image_id):
   path = _seed_path(run, image_id)
   if not os.path.exists(path):
     raise FileNotFoundError(f'missing seeds {path}: run the seeds stage (--stages=seeds,crf)')
-  with np.load(path, allow_pickle=False) as z:
-    return {k: z[k] for k in z.files}
+  import zipfile  # pylint: disable=g-import-not-at-top
+  try:
+    with np.load(path, allow_pickle=False) as z:  # data, never code: pickles are refused
+      return {k: z[k] for k in z.files}
+  except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+    raise ValueError(f'seeds {path} cannot be read ({e}); delete it and rerun the seeds stage '
+                     '(--stages=seeds,crf)') from e
 
 
 def _seeds_pipeline(run, with_crf):
@@ -287,9 +305,62 @@ def stage_seeds_and_crf(run):
                          **_crf_kwargs(run, total))
 
 
+# --- train_seg ---------------------------------------------------------------------------------
+def stage_train_seg(run):
+  """The multi-stage segmenter (a DeepLabNet, config.seg) trained on the pseudo masks."""
+  cfg = multistage.seg_config(run.config)
+  mask_dir = run.path('pseudo_masks')
+
+  def batches(start_step):
+    return run.data.train_batches(start_step, process_index=jax.process_index(),
+                                  process_count=jax.process_count(), config=cfg,
+                                  mask_dir=mask_dir)
+
+  train_lib.train(cfg, run.path(multistage.SUBFOLDER), run.num_classes, supervision='seg',
+                  desc='train segmenter', data_iter_fn=batches)
+
+
+# --- predict -----------------------------------------------------------------------------------
+# predictions/seg_<split>/<id>.png: the segmenter after the CRF (the multi-stage result);
+# predictions/seg_<split>_nocrf/<id>.png: its argmax over background + kept classes.
+def stage_predict(run):
+  """The segmenter on val (and test): scales + flip at config.seg.predict_model, CRF, PNGs."""
+  prun = dataclasses.replace(run, config=multistage.predict_config(run.config))
+  cfg = prun.config
+  engine = _Inference(prun, segmenter=True)
+  for split_name in ('val', 'test'):
+    split, why = _split_or_none(run, split_name)
+    if split is None:
+      if split_name == 'val':
+        raise ValueError(f'predict: no val split ({why})')
+      continue
+    crf_dir, raw_dir = run.path('predictions', f'seg_{split_name}'), run.path(
+        'predictions', f'seg_{split_name}_nocrf')
+    os.makedirs(raw_dir, exist_ok=True)
+    todo = [i for i, image_id in enumerate(split.ids)
+            if not (os.path.exists(os.path.join(crf_dir, f'{image_id}.png')) and
+                    os.path.exists(os.path.join(raw_dir, f'{image_id}.png')))]
+    if not todo:
+      continue
+
+    def items(split=split, todo=todo, raw_dir=raw_dir, split_name=split_name):
+      with _Writer(cfg.infer.io_threads) as writer:
+        for i, image, out in engine.run_split({'seg': multistage.SUBFOLDER}, split, todo, None,
+                                              f'predict {split_name}'):
+          res, image_id = out['seg'], split.ids[i]
+          raw = os.path.join(raw_dir, f'{image_id}.png')
+          if not os.path.exists(raw):
+            writer.submit(io_utils.save_palette_png, raw, res['pred'])
+          yield (image_id, image, infer.dequantize(res['probs']),
+                 np.asarray(res['classes'], np.int64) + 1)
+
+    crf_lib.run_crf(items(), crf_dir, **{**_crf_kwargs(prun, len(todo)),
+                                          'desc': f'crf {split_name}'})
+
+
 # --- evaluate ----------------------------------------------------------------------------------
-def _train_confusions(run, train, num_labels):
-  """Confusion matrices of every seed kind and of the pseudo masks over the training images."""
+def _train_confusions(run, train, num_labels, with_masks=True):
+  """Confusion matrices of every seed kind and (with_masks) of the pseudo masks, on train."""
   bg_power = run.config.infer.bg_power
 
   def one(i):
@@ -302,9 +373,10 @@ def _train_confusions(run, train, num_labels):
         pred = infer.host_seed_labels(seed[key], seed['classes'], bg_power)
         out[f'{key}_seed'] = eval_lib.confusion_matrix(pred, gt, num_labels)
     path = _mask_path(run, image_id)
-    if not os.path.exists(path):
+    if with_masks and not os.path.exists(path):
       raise FileNotFoundError(f'missing pseudo mask {path}: run the crf stage')
-    out['pseudo_mask'] = eval_lib.confusion_matrix(io_utils.load_mask_png(path), gt, num_labels)
+    if with_masks:
+      out['pseudo_mask'] = eval_lib.confusion_matrix(io_utils.load_mask_png(path), gt, num_labels)
     return out
 
   return eval_lib.sum_confusions(one, range(len(train)), desc='evaluate train')
@@ -316,13 +388,17 @@ def stage_evaluate(run, log=print):
   results = {}
   train = run.data.split('train')
   if train.has_masks:
-    confs = _train_confusions(run, train, num_labels)
+    # Without a crf stage (the ablation runs none) only the seeds are scored.
+    with_masks = os.path.isdir(run.path('pseudo_masks'))
+    if not with_masks:
+      log('[evaluate] no pseudo_masks folder (the crf stage did not run): seeds only')
+    confs = _train_confusions(run, train, num_labels, with_masks)
     results = {key: {**eval_lib.scores(confs[key]), 'num_images': len(train)} for key in
                [f'{k}_seed' for k in SEED_KEYS] + ['pseudo_mask'] if key in confs}
   else:
     log('[evaluate] the train split has no masks: seeds and pseudo masks are not scored')
   val = run.data.split('val')
-  for key, folder in (('val', 'val'), ('upper_bound_val', 'val_upper_bound')):
+  for key, folder in VAL_PREDICTIONS:
     pred_dir = run.path('predictions', folder)
     if val.has_masks and (key == 'val' or os.path.isdir(pred_dir)):
       results[key] = eval_lib.evaluate_split(pred_dir, val, num_labels)
@@ -333,10 +409,15 @@ def stage_evaluate(run, log=print):
                      {f'{k}_miou': float(v['miou']) for k, v in results.items()})
 
 
+# (summary key, predictions/<folder>) scored on val; all but 'val' only when the folder exists.
+VAL_PREDICTIONS = (('val', 'val'), ('multistage_val_nocrf', 'seg_val_nocrf'),
+                   ('multistage_val', 'seg_val'), ('upper_bound_val', 'val_upper_bound'))
 TABLE_TITLES = dict(
     cam_seed='CAM seed, plain-CAM baseline (train)', rs_cam_seed='CAM seed, RecurSeed (train)',
     rs_seed='RecurSeed seed (train)', pseudo_mask='pseudo masks after CRF (train)',
-    val='segmentation head (val)', upper_bound_val='fully supervised upper bound (val)')
+    val='segmentation head (val)', multistage_val_nocrf='multi-stage segmenter, no CRF (val)',
+    multistage_val='multi-stage segmenter + CRF (val)',
+    upper_bound_val='fully supervised upper bound (val)')
 
 
 # --- export ------------------------------------------------------------------------------------
@@ -370,9 +451,11 @@ def stage_export(run, log=print):
   elif test is None:
     log(f'[export] no test split, VOC submission skipped ({why})')
   else:
-    tar = export_lib.voc_submission_tree(run.path('predictions', 'test'), run.path('submission'),
+    # The multi-stage segmenter's test predictions when the predict stage made them.
+    folder = 'seg_test' if os.path.isdir(run.path('predictions', 'seg_test')) else 'test'
+    tar = export_lib.voc_submission_tree(run.path('predictions', folder), run.path('submission'),
                                          ids=test.ids)
-    log(f'[export] VOC test submission: {tar}')
+    log(f'[export] VOC test submission of predictions/{folder}: {tar}')
   for folder in [f.strip() for f in cfg.export.mask_dirs.split(',') if f.strip()]:
     out = export_lib.write_masks(run.path(folder), run.path('export', folder),
                                  cfg.export.mask_format)
@@ -380,7 +463,8 @@ def stage_export(run, log=print):
         f'({cfg.export.mask_format})')
 
 
-_FUNCS = dict(train=stage_train, seeds=stage_seeds, crf=stage_crf, evaluate=stage_evaluate,
+_FUNCS = dict(train_rs=stage_train_rs, seeds=stage_seeds, crf=stage_crf,
+              train_seg=stage_train_seg, predict=stage_predict, evaluate=stage_evaluate,
               export=stage_export)
 
 
@@ -442,12 +526,7 @@ def finalize_summary(run):
 
 
 def format_summary(summary):
-  rows = [('CAM seed, plain-CAM baseline (train)', 'cam_seed_miou'),
-          ('CAM seed, RecurSeed network (train)', 'rs_cam_seed_miou'),
-          ('RecurSeed seed (train)', 'rs_seed_miou'),
-          ('pseudo masks after CRF (train)', 'pseudo_mask_miou'),
-          ('segmentation head (val)', 'val_miou'),
-          ('fully supervised upper bound (val)', 'upper_bound_val_miou')]
+  rows = [(title, f'{key}_miou') for key, title in TABLE_TITLES.items()]
   lines = ['| product | mIoU % |', '|---|---|']
   for title, key in rows:
     if key in summary:

@@ -27,6 +27,7 @@ import optax
 from tqdm import tqdm
 
 from recurseed_jax import checkpoint as ckpt_lib
+from recurseed_jax import evaluate as eval_lib
 from recurseed_jax import method
 from recurseed_jax import metrics as metrics_lib
 from recurseed_jax import models
@@ -46,12 +47,15 @@ class TrainState(struct.PyTreeNode):
   ema_params: Any           # EMA of params, or None when config.train.ema_decay == 0
   nonfinite: jax.Array      # steps skipped for a non-finite loss or gradient, in total
   nonfinite_run: jax.Array  # ... in a row, up to this step
+  # Confusion matrix [C+1, C+1] (truth x training seed) summed over the steps since the last log
+  # line: in the state so that a resumed run logs the same seed_miou as an uninterrupted one.
+  seed_window: jax.Array
   tx: optax.GradientTransformation = struct.field(pytree_node=False)
 
   def saveable(self):
     tree = dict(step=self.step, params=self.params, batch_stats=self.batch_stats,
                 opt_state=self.opt_state, rng=self.rng, nonfinite=self.nonfinite,
-                nonfinite_run=self.nonfinite_run)
+                nonfinite_run=self.nonfinite_run, seed_window=self.seed_window)
     if self.ema_params is not None:
       tree['ema_params'] = self.ema_params
     return tree
@@ -105,21 +109,33 @@ def compute_dtype(config):
   return DTYPES[name]
 
 
+NETWORKS = ('recurseed', 'deeplab')
+
+
+def network_builder(config):
+  """models.build_model (RecurSeedNet) or models.build_deeplab, by config.model.network."""
+  name = config.model.get('network', 'recurseed')
+  if name not in NETWORKS:
+    raise ValueError(f'config.model.network={name!r} is not one of: {", ".join(NETWORKS)}')
+  return models.build_model if name == 'recurseed' else models.build_deeplab
+
+
 def build_model(config, num_classes, mode=None):
   """The network in config.train.dtype (params stay float32); cross-device BatchNorm under pmap."""
   mode = mode or config.parallel.mode
-  return models.build_model(config.model, num_classes, dtype=compute_dtype(config),
-                            bn_axis_name=parallel.axis_name(mode))
+  return network_builder(config)(config.model, num_classes, dtype=compute_dtype(config),
+                                 bn_axis_name=parallel.axis_name(mode))
 
 
-def init_state(config, params, batch_stats):
+def init_state(config, params, batch_stats, num_classes):
   """A step-0 TrainState around given variables (optimiser, EMA and guard counters fresh)."""
   tx = make_optimizer(config.optim, config.train.steps)
   ema = params if config.train.get('ema_decay', 0.0) > 0 else None
   zero = jnp.zeros((), jnp.int32)
+  window = jnp.zeros((num_classes + 1, num_classes + 1), jnp.float32)
   return TrainState(step=zero, params=params, batch_stats=batch_stats, opt_state=tx.init(params),
                     rng=_keys(config)[1], ema_params=ema, nonfinite=zero, nonfinite_run=zero,
-                    tx=tx)
+                    seed_window=window, tx=tx)
 
 
 def create_state(config, model, rng, input_shape):
@@ -131,7 +147,7 @@ def create_state(config, model, rng, input_shape):
   variables = models.apply_init(config.model.init, variables,
                                 strict=config.model.get('init_strict', True))
   # One compiled program instead of an eager op (and compile) per parameter shape.
-  return jax.jit(functools.partial(init_state, config))(
+  return jax.jit(functools.partial(init_state, config, num_classes=model.num_classes))(
       variables['params'], variables.get('batch_stats', {}))
 
 
@@ -140,7 +156,8 @@ def abstract_state(config, model, input_shape, sharding=None):
   def make():
     variables = model.init({'params': jax.random.key(0, impl='rbg')},
                            jnp.zeros(input_shape, jnp.float32), train=False)
-    return init_state(config, variables['params'], variables.get('batch_stats', {}))
+    return init_state(config, variables['params'], variables.get('batch_stats', {}),
+                      model.num_classes)
   shapes = jax.eval_shape(make)
   return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
 
@@ -188,7 +205,21 @@ def make_seed(config, out, images, labels, valid, step):
   return seed, hard
 
 
-SUPERVISIONS = ('weak', 'cam', 'full')
+SUPERVISIONS = ('weak', 'cam', 'full', 'seg')
+
+
+def seed_confusion(truth, seed, valid, num_classes):
+  """[C+1, C+1] counts of (true label, argmax label of the soft seed) over valid labelled pixels.
+
+  seed: [B,H,W,C] foreground scores; its label map is method.argmax_labels (background where no
+  class beats 1 - max). Pixels that are padding or 255 in the truth are not counted.
+  """
+  k = num_classes + 1
+  pred = method.argmax_labels(seed, valid=valid)
+  ok = (truth != 255) & (pred != 255)
+  index = jnp.where(ok, jnp.clip(truth, 0, k - 1) * k + jnp.clip(pred, 0, k - 1), 0)
+  counts = jnp.zeros((k * k,), jnp.float32).at[index.reshape(-1)].add(ok.reshape(-1))
+  return counts.reshape(k, k)
 
 
 def _where(cond, new, old):
@@ -199,7 +230,11 @@ def make_train_step(config, model, supervision='weak', axis_name=None):
   """Builds the pure step `(state, batch, use_mix=False) -> (state, metrics)`.
 
   supervision: 'weak' (RecurSeed, image labels only), 'cam' (the plain-CAM baseline: the
-  classification loss alone) or 'full' (the true masks: the upper bound).
+  classification loss alone), 'full' (the true masks: the upper bound) or 'seg' (a DeepLabNet,
+  config.model.network='deeplab', on the batch masks alone: the multi-stage segmenter trained on
+  pseudo masks; cross-entropy, 255 ignored).
+  Under 'weak' and 'cam' the metrics hold `seed_confusion` (truth x training seed, summed since the
+  last log line; see TrainState.seed_window), which the loop turns into `seed_miou`.
   axis_name: None when the step sees the global batch (one device, or jit over a mesh); the
   pmap axis when it sees one device's shard. Then (the model must use the same axis for its
   BatchNorm): every loss and metric is a ratio whose numerator stays per device and whose
@@ -223,13 +258,23 @@ def make_train_step(config, model, supervision='weak', axis_name=None):
                                train=True, mutable=['batch_stats'], rngs={'dropout': rng})
     return out, mutated['batch_stats']
 
-  def mix(rng, images, src, labels):
+  def mix(rng, images, src, labels, seed):
     # Pairs over the global batch (gathered under pmap, then this device's rows kept), so the
     # pairing is the same whatever the device count.
     local = images.shape[0]
-    everything = parallel.gather_batch((images, src, labels), axis_name)
-    mixed = method.mix_batch(rng, *everything, kind=config.mix.kind,
-                             class_prob=config.mix.class_prob, min_area=config.mix.min_area)
+    kind = config.mix.kind
+    extra = {}
+    if kind == 'edgepredictmix':
+      # Only EdgePredictMix reads the soft seed (its edge map): the other kinds skip gathering it.
+      # .get: configs saved before these fields existed keep working.
+      extra = dict(seed=parallel.gather_batch(seed, axis_name),
+                   edge_threshold=float(config.mix.get('edge_threshold', 0.3)),
+                   edge_band=int(config.mix.get('edge_band', 2)),
+                   edge_distance=int(config.mix.get('edge_distance', 0) or config.rs.refine_stride))
+    images, src, labels = parallel.gather_batch((images, src, labels), axis_name)
+    mixed = method.mix_batch(rng, images, src, labels, kind=kind,
+                             class_prob=config.mix.class_prob, min_area=config.mix.min_area,
+                             **extra)
     return parallel.local_rows(mixed[:3], axis_name, local)
 
   def step_fn(state, batch, use_mix=False):
@@ -243,14 +288,21 @@ def make_train_step(config, model, supervision='weak', axis_name=None):
 
     def loss_fn(params):
       out, stats = forward(params, state.batch_stats, images, r_drop)
+      if supervision == 'seg':
+        seg = share(method.seg_cross_entropy_parts(method.resize(out['seg'], crop), batch['mask']))
+        return seg, (stats, dict(seg=seg, loss=seg))
       if supervision == 'cam':
         cls = share(method.multilabel_soft_margin_parts(out['logits'], labels))
-        return cls, (stats, dict(cls=cls, loss=cls))
+        # The baseline's seed is its CAM seed (no recursion, no refinement).
+        cam = method.resize(method.cam_seed(jax.lax.stop_gradient(out['cam']), labels), crop)
+        conf = seed_confusion(batch['mask'], cam, valid, labels.shape[-1])
+        return cls, (stats, dict(cls=cls, loss=cls, seed_confusion=conf))
       metrics = {}
       if supervision == 'full':
         hard = batch['mask']
       else:
         seed, hard = make_seed(config, out, images, labels, valid, state.step)
+        metrics['seed_confusion'] = seed_confusion(batch['mask'], seed, valid, labels.shape[-1])
       total, terms = _supervised_losses(config, out, hard, labels, crop, share)
       metrics.update(terms)
       if supervision != 'full':
@@ -259,8 +311,9 @@ def make_train_step(config, model, supervision='weak', axis_name=None):
         ok = certain & (batch['mask'] != 255)
         metrics['seed_precision'] = share((jnp.sum((hard == batch['mask']) & ok), jnp.sum(ok)))
       if use_mix:
-        src = method.argmax_labels(seed, valid=valid) if config.mix.kind == 'classmix' else hard
-        mixed_x, mixed_hard, mixed_y = mix(r_mix, images, src, labels)
+        argmax_kinds = ('classmix', 'edgepredictmix')
+        src = method.argmax_labels(seed, valid=valid) if config.mix.kind in argmax_kinds else hard
+        mixed_x, mixed_hard, mixed_y = mix(r_mix, images, src, labels, seed)
         out2, stats = forward(params, stats, mixed_x, r_drop2)
         total2, terms2 = _supervised_losses(config, out2, mixed_hard, mixed_y, crop, share)
         total = total + total2
@@ -288,11 +341,17 @@ def make_train_step(config, model, supervision='weak', axis_name=None):
         (state.params, state.opt_state, state.batch_stats, state.ema_params))
     bad = (~finite).astype(jnp.int32)
     nonfinite_run = jnp.where(finite, 0, state.nonfinite_run + 1)
+    # The window restarts after each log line (log steps are multiples of log_every).
+    window = jnp.where(state.step % config.train.log_every == 0, 0.0, state.seed_window)
+    if 'seed_confusion' in metrics:
+      window = window + jnp.where(finite, metrics['seed_confusion'], 0.0)
+      metrics['seed_confusion'] = window
     metrics['lr'] = learning_rate(config.optim, config.train.steps, state.step)
     metrics['finite'] = finite.astype(jnp.float32)
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=stats,
                               opt_state=opt_state, ema_params=ema,
-                              nonfinite=state.nonfinite + bad, nonfinite_run=nonfinite_run)
+                              nonfinite=state.nonfinite + bad, nonfinite_run=nonfinite_run,
+                              seed_window=window)
     metrics['nonfinite'] = new_state.nonfinite
     metrics['nonfinite_run'] = nonfinite_run
     return new_state, metrics
@@ -411,7 +470,9 @@ class _Logger:
     self.step_last = start
 
   def __call__(self, step, metrics):
-    m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    m = dict(jax.device_get(metrics))
+    conf = m.pop('seed_confusion', None)
+    m = {k: float(v) for k, v in m.items()}
     self.bar.update(1)
     if not m.pop('finite'):
       run = int(m['nonfinite_run'])
@@ -428,6 +489,8 @@ class _Logger:
     m['img_per_s'] = round((step - self.step_last) * self.config.train.batch_size /
                            max(now - self.t_last, 1e-9), 2)
     m['seconds'] = round(now - self.t0, 2)
+    if conf is not None and conf.sum() > 0:
+      m['seed_miou'] = float(eval_lib.scores(conf)['miou'])
     self.t_last, self.step_last = now, step
     self.writer.write(step, m)
     post = dict(loss=f"{m['loss']:.3f}", img_s=f"{m['img_per_s']:.1f}")
@@ -505,7 +568,7 @@ def restore_variables(config, workdir, num_classes):
 
   With config.rs.seed_from_ema (and an EMA in the checkpoint) the params are the EMA params.
   """
-  model = models.build_model(config.model, num_classes)
+  model = network_builder(config)(config.model, num_classes)
   crop = config.data.crop_size
   if config.train.steps == 0:  # no training: infer straight from the imported weights
     shapes = jax.eval_shape(functools.partial(model.init, train=False),

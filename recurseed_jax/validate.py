@@ -1,9 +1,10 @@
 """Config validation before any compute: every error names the config key and what to do."""
 
+from recurseed_jax import multistage
+from recurseed_jax.method.mix import MIX_KINDS
 from recurseed_jax.models import resnet
 from recurseed_jax.models import weights
 
-MIX_KINDS = ('certainmix', 'classmix', 'none')
 REFINE_KINDS = ('scg', 'pamr', 'none')
 CAM_LOSS_KINDS = ('l1', 'mse')
 PARALLEL_MODES = ('jit', 'pmap')
@@ -25,8 +26,8 @@ def _choice(value, key, allowed):
     raise ValueError(f'config.{key}={value!r} is not one of: {", ".join(allowed)}')
 
 
-def validate(config):
-  """Raises ValueError naming the first bad key."""
+def validate(config, _variant=False):
+  """Raises ValueError naming the first bad key (of the run, its segmenter, its ablation)."""
   for key in ('rs.certain', 'rs.uncertain', 'rs.seed_mix', 'rs.scg.first_th', 'rs.scg.second_th',
               'rs.scg.fg_th', 'rs.scg.bg_th', 'mix.class_prob', 'mix.min_area',
               'infer.class_threshold'):
@@ -69,6 +70,56 @@ def validate(config):
   _validate_training(config)
   _validate_data(config.data)
   _validate_inference(config)
+  _validate_mix_edges(config.mix)
+  _choice(config.model.get('network', 'recurseed'), 'model.network', ('recurseed',))
+  if 'seg' in config:
+    _validate_segmenter(config)
+  if 'ablation' in config and not _variant:
+    from recurseed_jax import ablation  # pylint: disable=g-import-not-at-top
+    for name, _, variant in ablation.variant_configs(config):
+      try:
+        validate(variant, _variant=True)
+      except ValueError as e:
+        raise ValueError(f'ablation variant {name!r}: {e}') from e
+
+
+def _validate_mix_edges(mix):
+  """EdgePredictMix's fields (older configs lack them: their defaults apply)."""
+  if not 0.0 <= float(mix.get('edge_threshold', 0.3)) <= 1.0:
+    raise ValueError(f'config.mix.edge_threshold={mix.edge_threshold} must lie in [0, 1]')
+  band = mix.get('edge_band', 2)
+  if not isinstance(band, int) or band < 0:
+    raise ValueError(f'config.mix.edge_band={band!r} must be an integer >= 0 (pixels)')
+  distance = mix.get('edge_distance', 0)
+  if not isinstance(distance, int) or distance < 0:
+    raise ValueError(f'config.mix.edge_distance={distance!r} must be an integer >= 0 (pixels; '
+                     '0 = rs.refine_stride)')
+
+
+def _validate_segmenter(config):
+  """config.seg: its overrides name real fields, and the configs they make are sound."""
+  seg = multistage.seg_config(config)  # raises naming config.seg.<section>.<key>
+  pred = multistage.predict_config(config)
+  try:
+    weights.parse_init(seg.model.init)
+  except ValueError as e:
+    raise ValueError(f'config.seg.init: {e}') from e
+  _choice(seg.model.segmenter_head, 'seg.model.segmenter_head', ('v3plus', 'v2'))
+  if not 0.0 <= seg.infer.class_threshold <= 1.0:
+    raise ValueError(f'config.seg.infer.class_threshold={seg.infer.class_threshold} must lie in '
+                     '[0, 1]')
+  for key, stride in (('seg.model.output_stride', seg.model.output_stride),
+                      ('seg.predict_model.output_stride', pred.model.output_stride)):
+    if stride not in (8, 16, 32):
+      raise ValueError(f'config.{key}={stride} must be 8, 16 or 32')
+  if seg.data.crop_size % seg.model.output_stride:
+    raise ValueError(f'the segmenter\'s crop {seg.data.crop_size} (config.seg.data.crop_size or '
+                     'config.data.crop_size) must be a multiple of its output stride '
+                     f'{seg.model.output_stride}')
+  if seg.train.steps < 0 or seg.train.batch_size <= 0:
+    raise ValueError('config.seg.train.steps must be >= 0 and config.seg.train.batch_size positive')
+  if config.seg.max_classes <= 0:
+    raise ValueError(f'config.seg.max_classes={config.seg.max_classes} must be positive')
 
 
 def _validate_training(config):
@@ -128,10 +179,17 @@ def _validate_data(d):
 
 def _validate_inference(config):
   """Buckets, CRF pool and export fields (README, "Seeds, CRF, evaluation and export at scale")."""
-  for b in config.infer.get('buckets', ()):
+  buckets = tuple(tuple(b) for b in config.infer.get('buckets', ()))
+  for b in buckets:
     if len(b) != 2 or not all(isinstance(v, int) and v > 0 for v in b):
       raise ValueError(f'config.infer.buckets has {b!r}; each bucket is (height, width), '
                        'positive integers')
+  crop = config.data.crop_size
+  if buckets and not any(h >= crop and w >= crop for h, w in buckets):
+    # Images are at least crop-sized for the network at training; buckets that cannot hold one
+    # are a typo, which would otherwise surface after training, at the first larger image.
+    raise ValueError(f'config.data.crop_size={crop} is larger than every bucket of '
+                     f'config.infer.buckets={buckets}; add a bucket of at least ({crop}, {crop})')
   for key in ('infer.prefetch', 'infer.io_threads', 'crf.queue_size'):
     section, name = key.split('.')
     if int(config[section].get(name, 1)) < 1:

@@ -8,6 +8,8 @@ import sys
 import numpy as np
 import pytest
 
+from recurseed_jax import stages
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ['--config.data.num_train=32', '--config.data.num_val=8', '--config.data.image_size=32',
         '--config.data.crop_size=32', '--config.train.steps=4', '--config.train.batch_size=4',
@@ -15,6 +17,11 @@ TINY = ['--config.data.num_train=32', '--config.data.num_val=8', '--config.data.
         '--config.rs.cam_only_steps=1', '--config.mix.start_step=2', '--config.model.width=8',
         '--config.infer.scales=(1.0,0.5)', '--config.infer.batch_size=8', '--config.crf.workers=0',
         '--config.crf.iterations=2', '--config.export.num_overlays=2']
+# The whole paper (configs/synthetic_multistage.py), the baseline twin on as in the demo.
+MULTI = [f'--config={os.path.join(ROOT, "configs", "synthetic_multistage.py")}', *TINY,
+         '--config.train.cam_baseline=True', '--config.seg.train.steps=4',
+         '--config.seg.train.checkpoint_every=2', '--config.seg.train.batch_size=4',
+         '--config.seg.train.log_every=2', '--config.seg.data.crop_size=32']
 
 
 def _launch(*args, cwd=ROOT):
@@ -28,21 +35,24 @@ def _pngs(folder):
   return sorted(n for n in os.listdir(folder) if n.endswith('.png'))
 
 
-def test_end_to_end_resume_and_rerun_skips(tmp_path):
+def test_end_to_end_multistage_resume_and_rerun_skips(tmp_path):
   wd = str(tmp_path / 'run')
-  r = _launch(f'--workdir={wd}', *TINY)
+  r = _launch(f'--workdir={wd}', *MULTI)
   assert r.returncode == 0, r.stderr[-3000:]
   assert '[seeds+crf] running' in r.stdout
   with open(os.path.join(wd, 'summary.json')) as f:
     summary = json.load(f)
   for key in ('cam_seed_miou', 'rs_cam_seed_miou', 'rs_seed_miou', 'pseudo_mask_miou',
-              'val_miou', 'upper_bound_val_miou'):
+              'val_miou', 'multistage_val_nocrf_miou', 'multistage_val_miou',
+              'upper_bound_val_miou'):
     assert 0.0 <= summary[key] <= 1.0, (key, summary[key])
-  assert set(summary['seconds']) == {'train', 'seeds', 'crf', 'evaluate', 'export'}
+  assert set(summary['seconds']) == {'train_rs', 'seeds', 'crf', 'train_seg', 'predict',
+                                     'evaluate', 'export'}
+  assert os.path.isdir(os.path.join(wd, 'segmenter', 'checkpoints', '4'))
   seeds = os.path.join(wd, 'seeds', 'train')
   masks = os.path.join(wd, 'pseudo_masks')
   assert len(os.listdir(seeds)) == 32 and len(_pngs(masks)) == 32
-  for folder in ('val', 'val_upper_bound'):
+  for folder in ('val', 'val_upper_bound', 'seg_val', 'seg_val_nocrf'):
     assert len(_pngs(os.path.join(wd, 'predictions', folder))) == 8
   with np.load(os.path.join(seeds, 'train_00000.npz'), allow_pickle=False) as z:
     k = len(z['classes'])
@@ -63,17 +73,17 @@ def test_end_to_end_resume_and_rerun_skips(tmp_path):
   os.remove(os.path.join(masks, 'train_00020.png'))
   before = {p: os.path.getmtime(p) for d in (seeds, masks)
             for p in (os.path.join(d, n) for n in os.listdir(d))}
-  r2 = _launch(f'--workdir={wd}', *TINY)
+  r2 = _launch(f'--workdir={wd}', *MULTI)
   assert r2.returncode == 0, r2.stderr[-3000:]
-  for stage in ('train', 'evaluate', 'export'):
+  for stage in ('train_rs', 'train_seg', 'predict', 'evaluate', 'export'):
     assert f'[{stage}] done already, skipping' in r2.stdout
   assert len(os.listdir(seeds)) == 32 and len(_pngs(masks)) == 32
   assert all(os.path.getmtime(p) == t for p, t in before.items())
 
   # Everything done: a rerun recomputes nothing.
-  r3 = _launch(f'--workdir={wd}', *TINY)
+  r3 = _launch(f'--workdir={wd}', *MULTI)
   assert r3.returncode == 0, r3.stderr[-3000:]
-  for stage in ('train', 'seeds', 'crf', 'evaluate', 'export'):
+  for stage in stages.STAGES:
     assert f'[{stage}] done already, skipping' in r3.stdout
 
 

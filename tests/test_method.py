@@ -10,6 +10,7 @@ import pytest
 from reference import np_resize
 
 from recurseed_jax import method
+from recurseed_jax.method import mix as mix_lib
 
 RTOL, ATOL = 1e-4, 1e-5
 
@@ -456,6 +457,165 @@ def test_mix_batch_none_and_unknown_kind():
   assert out[3].shape == hard.shape and not np.any(out[3])
   with pytest.raises(ValueError, match='cutmix'):
     method.mix_batch(key, images, hard, labels, kind='cutmix')
+
+
+def np_edge_strength(probs, d=1):
+  """max over channels and in-image pixels d away along each axis of |p(x) - p(n)|, one pixel at
+  a time."""
+  b, hh, ww, _ = probs.shape
+  out = np.zeros((b, hh, ww), probs.dtype)
+  for i in range(b):
+    for y in range(hh):
+      for x in range(ww):
+        for dy, dx in ((-d, 0), (d, 0), (0, -d), (0, d)):
+          ny, nx = y + dy, x + dx
+          if 0 <= ny < hh and 0 <= nx < ww:
+            diff = np.max(np.abs(probs[i, y, x] - probs[i, ny, nx]))
+            out[i, y, x] = max(out[i, y, x], diff)
+  return out
+
+
+def np_paste_band(mask, edge, r):
+  """Pixels whose clipped (2r+1)^2 window holds M and non-M pixels and an edge pixel."""
+  b, hh, ww = mask.shape
+  out = np.zeros((b, hh, ww), bool)
+  for i in range(b):
+    for y in range(hh):
+      for x in range(ww):
+        win = (slice(max(y - r, 0), y + r + 1), slice(max(x - r, 0), x + r + 1))
+        m = mask[i][win]
+        out[i, y, x] = m.any() and not m.all() and edge[i][win].any()
+  return out
+
+
+def _np_seed_probs(seed):
+  return np.concatenate([1.0 - seed.max(-1, keepdims=True), seed], -1)
+
+
+def _np_other_side_distance(m):
+  """Per pixel: Chebyshev distance to the nearest pixel on the other side of M (inf if none)."""
+  hh, ww = m.shape
+  out = np.full((hh, ww), np.inf)
+  ys, xs = np.mgrid[:hh, :ww]
+  for y in range(hh):
+    for x in range(ww):
+      other = m != m[y, x]
+      if other.any():
+        out[y, x] = np.max([np.abs(ys - y), np.abs(xs - x)], axis=0)[other].min()
+  return out
+
+
+def _epm_inputs(seed):
+  """A blocky soft seed (flat 3 x 3 blocks: edges on block borders only) and its argmax map."""
+  rng = np.random.default_rng(seed)
+  b, hh, ww, c = 4, 12, 12, 3
+  images = rng.normal(size=(b, hh, ww, 3)).astype(np.float32)
+  labels = _labels(rng, b, c)
+  blocks = np.kron(rng.random((b, hh // 3, ww // 3, c)), np.ones((1, 3, 3, 1)))
+  soft = np.clip(blocks + 0.03 * rng.normal(size=blocks.shape), 0.0, 1.0)
+  soft = (soft * labels[:, None, None, :]).astype(np.float32)
+  valid = np.ones((b, hh, ww), bool)
+  valid[:, -1, -2:] = False  # Crop padding.
+  hard = np.asarray(method.argmax_labels(soft, valid))
+  return images, hard, labels, soft
+
+
+def test_edge_strength_and_paste_band_match_numpy():
+  rng = np.random.default_rng(13)
+  probs = rng.random((2, 7, 9, 4)).astype(np.float32)
+  probs[0, :, :4] = 0.5  # A flat region: no edges inside it.
+  for d in (1, 2, 3):
+    np.testing.assert_array_equal(
+        np.asarray(jax.jit(mix_lib.edge_strength, static_argnums=1)(probs, d)),
+        np_edge_strength(probs, d))
+  mask = (rng.random((2, 7, 9)) < 0.4).astype(np.float32)
+  mask[1] = 0.0
+  mask[1, 2:5, 3:7] = 1.0  # One rectangle: the band is a ring around its border.
+  edge = np_edge_strength(probs) >= 0.6
+  assert 0 < edge.mean() < 1
+  for r in (0, 1, 2, 3):
+    got = jax.jit(functools.partial(mix_lib.paste_band, edge_threshold=0.6, edge_band=r))(
+        mask, probs)
+    np.testing.assert_array_equal(np.asarray(got), np_paste_band(mask > 0, edge, r))
+  band = np.asarray(mix_lib.paste_band(mask, probs, edge_threshold=0.0, edge_band=1))
+  ring = np.zeros((7, 9), bool)
+  ring[1:6, 2:8] = True
+  ring[3, 4:6] = False  # Rectangle pixels with no outside pixel within distance 1.
+  np.testing.assert_array_equal(band[1], ring)  # Threshold 0: every pixel is an edge pixel.
+
+
+@pytest.mark.parametrize('band', [1, 2])
+def test_edgepredictmix_full_paste_matches_numpy(band):
+  images, hard, labels, soft = _epm_inputs(14)
+  b = images.shape[0]
+  kw = dict(class_prob=1.0, min_area=0.05)
+  epm = jax.jit(functools.partial(method.mix_batch, kind='edgepredictmix', edge_threshold=0.3,
+                                  edge_band=band, **kw))
+  epm0 = jax.jit(functools.partial(method.mix_batch, kind='edgepredictmix', edge_band=0, **kw))
+  cm = jax.jit(functools.partial(method.mix_batch, kind='classmix', **kw))
+  probs = _np_seed_probs(soft)
+  edge = np_edge_strength(probs) >= 0.3
+  assert 0.1 < edge.mean() < 0.9
+  fg = (hard >= 1) & (hard < 255)
+  banded = 0
+  for key in range(3):
+    k = jax.random.PRNGKey(key)
+    cm_out = [np.asarray(x) for x in cm(k, images, hard, labels)]
+    # edge_band=0: exactly ClassMix.
+    for got, want in zip(epm0(k, images, hard, labels, seed=soft), cm_out):
+      np.testing.assert_array_equal(np.asarray(got), want)
+    mixed, mixed_hard, mixed_labels, mask = map(
+        np.asarray, epm(k, images, hard, labels, seed=soft))
+    # Same images, mask and labels as ClassMix: the band never removes a label.
+    np.testing.assert_array_equal(mixed, cm_out[0])
+    np.testing.assert_array_equal(mixed_labels, cm_out[2])
+    np.testing.assert_array_equal(mask, cm_out[3])
+    m = mask > 0
+    perm = [next(j for j in range(b) if np.array_equal(m[i], fg[j])) for i in range(b)]
+    assert sorted(perm) == list(range(b))
+    want_band = np_paste_band(m, edge[perm], band)
+    unbanded = np.stack([np.where(m[i], hard[j], hard[i]) for i, j in enumerate(perm)])
+    np.testing.assert_array_equal(mixed_hard, np.where(want_band, 255, unbanded))
+    has_pixels = np.array([[np.any(hard[j] == c + 1) for c in range(3)] for j in range(b)])
+    chosen = (labels > 0.5)[perm] & has_pixels[perm]
+    np.testing.assert_array_equal(
+        mixed_labels, _np_mixed_labels(hard, labels, unbanded, chosen, min_area=0.05))
+    banded += np.sum(want_band & (unbanded != 255))
+    assert not np.all(want_band[m.any((1, 2))])  # The band is not the whole image.
+  assert banded > 0
+
+
+def test_edgepredictmix_band_properties():
+  images, hard, labels, soft = _epm_inputs(15)
+  band = 2
+  epm = jax.jit(functools.partial(method.mix_batch, kind='edgepredictmix', edge_band=band))
+  cm = jax.jit(functools.partial(method.mix_batch, kind='classmix'))
+  ignored = 0
+  for key in range(4):
+    k = jax.random.PRNGKey(key)
+    _, cm_hard, cm_labels, cm_mask = map(np.asarray, cm(k, images, hard, labels))
+    _, mixed_hard, mixed_labels, mask = map(
+        np.asarray, epm(k, images, hard, labels, seed=soft))
+    np.testing.assert_array_equal(mask, cm_mask)
+    np.testing.assert_array_equal(mixed_labels, cm_labels)  # Labels ignore the band.
+    changed = mixed_hard != cm_hard
+    assert np.all(mixed_hard[changed] == 255)  # The band only ignores pixels.
+    for i in range(len(images)):
+      dist = _np_other_side_distance(mask[i] > 0)
+      assert np.all(dist[changed[i]] <= band)  # ... and only near the paste boundary.
+    ignored += changed.sum()
+  assert ignored > 0
+
+
+def test_edgepredictmix_needs_seed():
+  images, hard, labels, soft = _epm_inputs(16)
+  key = jax.random.PRNGKey(0)
+  with pytest.raises(ValueError, match='seed'):
+    method.mix_batch(key, images, hard, labels, kind='edgepredictmix')
+  with pytest.raises(ValueError, match='seed shape'):
+    method.mix_batch(key, images, hard, labels, kind='edgepredictmix', seed=soft[..., :2])
+  with pytest.raises(ValueError, match='edge_band'):
+    method.mix_batch(key, images, hard, labels, kind='edgepredictmix', seed=soft, edge_band=-1)
 
 
 # --- losses -------------------------------------------------------------------

@@ -29,7 +29,8 @@ BATCH = 4
 GUARD_KEYS = {'finite', 'nonfinite', 'nonfinite_run'}
 METRIC_KEYS = {'cls', 'cam', 'seg', 'loss', 'lr', 'seed_coverage', 'seed_precision'} | GUARD_KEYS
 # Logged per step: the metrics (the guard's 'finite' only as a warning) and the host's timings.
-LOG_KEYS = METRIC_KEYS - {'finite'} | {'step', 'seconds', 'img_per_s'}
+# seed_miou: of the seed confusion matrix summed since the last line (metrics' seed_confusion).
+LOG_KEYS = METRIC_KEYS - {'finite'} | {'step', 'seconds', 'img_per_s', 'seed_miou'}
 
 
 def _config(**overrides):
@@ -100,7 +101,8 @@ def _model_and_state():
 
   variables = jax.tree_util.tree_map_with_path(
       lambda p, s: jnp.asarray(init(p, s), jnp.float32), shapes)
-  return model, train.init_state(cfg, variables['params'], variables['batch_stats'])
+  return model, train.init_state(cfg, variables['params'], variables['batch_stats'],
+                                 model.num_classes)
 
 
 def _one_step(cfg, supervision='weak', use_mix=False):
@@ -112,7 +114,8 @@ def _one_step(cfg, supervision='weak', use_mix=False):
 
 
 def _floats(metrics):
-  return {k: float(v) for k, v in jax.device_get(metrics).items()}
+  """The scalar metrics (seed_confusion, a matrix, is checked on its own)."""
+  return {k: float(v) for k, v in jax.device_get(metrics).items() if k != 'seed_confusion'}
 
 
 def _assert_params_changed(old, new):
@@ -142,13 +145,37 @@ def test_weak_step_with_mix_no_refinement():
   assert all(jax.tree.leaves(_differs(state.batch_stats, new_state.batch_stats)))
 
 
-def test_weak_step_pamr():
-  state, new_state, m, _ = _one_step(_config(**{'rs.refine': 'pamr'}))
+def test_weak_step_with_edgepredictmix():
+  # edge_threshold 0 makes every pixel an edge pixel, so the band is surely ignored somewhere.
+  cfg = _config(**{'rs.refine': 'none', 'mix.kind': 'edgepredictmix', 'mix.edge_threshold': 0.0,
+                   'mix.edge_band': 1})
+  state, new_state, m, _ = _one_step(cfg, use_mix=True)
+  assert set(m) == METRIC_KEYS | {'mix_cls', 'mix_cam', 'mix_seg'}
+  assert all(np.isfinite(v) for v in m.values()), m
+  assert m['finite'] == 1 and m['mix_seg'] > 0
+  _assert_params_changed(state.params, new_state.params)
+
+
+def test_weak_step_pamr_and_seed_window():
+  cfg = _config(**{'rs.refine': 'pamr', 'train.log_every': 2})
+  state, new_state, m, step = _one_step(cfg)
   assert set(m) == METRIC_KEYS
   assert all(np.isfinite(v) for v in m.values()), m
   np.testing.assert_allclose(m['loss'], m['cls'] + m['cam'] + m['seg'], rtol=1e-5)
   assert int(new_state.step) == 1
   _assert_params_changed(state.params, new_state.params)
+  # The seed confusion window: every valid labelled pixel once per step, summed over the steps
+  # since the last log line (log_every=2: steps 0-1, then from step 2 afresh), kept in the state.
+  per_step = int(_batch()['valid'].sum())
+  windows = [np.asarray(new_state.seed_window)]
+  s = new_state
+  for k in (1, 2):
+    s, metrics = step(s, _batch(k), use_mix=False)
+    windows.append(np.asarray(s.seed_window))
+    np.testing.assert_array_equal(np.asarray(metrics['seed_confusion']), windows[-1])
+  assert windows[0].shape == (NUM_CLASSES + 1, NUM_CLASSES + 1)
+  assert [w.sum() for w in windows] == [per_step, 2 * per_step, per_step]
+  assert (windows[1] >= windows[0]).all()
 
 
 def test_full_supervision_step_ema_and_nonfinite_guard():
@@ -195,8 +222,9 @@ def test_bfloat16_computes_in_bf16_with_fp32_params_and_losses():
 
 def test_cam_baseline_step_trains_only_the_cam_path():
   state, new_state, m, _ = _one_step(_config(), supervision='cam')
-  assert set(m) == {'cls', 'loss', 'lr'} | GUARD_KEYS
+  assert set(m) == {'cls', 'loss', 'lr'} | GUARD_KEYS  # and seed_confusion (its CAM seed)
   assert m['loss'] == m['cls'] and np.isfinite(m['loss'])
+  assert float(new_state.seed_window.sum()) == _batch()['valid'].sum()
   changed = _differs(state.params, new_state.params)
   assert all(jax.tree.leaves(changed['classifier']))
   # The classification loss never reaches the segmentation head: only weight decay moves it.
