@@ -102,7 +102,7 @@ def plot(curves, path):
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
+  fig, ax = plt.subplots(figsize=(10, 5), dpi=100)
   for title, curve in curves.items():
     if curve:
       steps, values = zip(*curve)
@@ -111,7 +111,7 @@ def plot(curves, path):
   ax.set_ylabel('training seed mIoU (%)')
   ax.set_title('Seed quality during training (synthetic benchmark)')
   ax.grid(alpha=0.3)
-  ax.legend(fontsize=8, loc='lower right')
+  ax.legend(fontsize=8, loc='center left', bbox_to_anchor=(1.01, 0.5))  # beside, never over
   fig.tight_layout()
   with io_utils.atomic_path(path) as tmp:
     fig.savefig(tmp, format='png')
