@@ -71,9 +71,14 @@ def main(argv):
     _fail(str(e))
   import jax
   local = jax.local_device_count()
-  if config.infer.batch_size % local:  # inference shards over this host's devices
-    _fail(f'config.infer.batch_size={config.infer.batch_size} must be a multiple of the {local} '
-          'local devices (each takes an equal share of a batch)')
+  infer_batches = {'infer.batch_size': config.infer.batch_size}
+  if 'predict' in names:
+    from recurseed_jax import multistage  # pylint: disable=g-import-not-at-top
+    infer_batches['seg.infer.batch_size'] = multistage.predict_config(config).infer.batch_size
+  for key, batch in infer_batches.items():
+    if batch % local:  # inference shards over this host's devices
+      _fail(f'config.{key}={batch} must be a multiple of the {local} local devices (each takes '
+            'an equal share of a batch)')
   workdir = FLAGS.workdir
   _check_workdir(workdir)
   with _lock_workdir(workdir):
