@@ -1,18 +1,12 @@
-"""RecurSeed + CertainMix on VOC 2012, then a DeepLabv2 ResNet-101 trained on its pseudo masks.
-
-The paper's multi-stage setting (METHOD.md sections 1 and 5) in one command: train_rs, seeds,
-crf (configs/voc12_rs50.py's single stage), then train_seg, predict, evaluate, export:
+"""configs/voc12_multistage_v3p.py with a DeepLabv2 ResNet-101 segmenter instead of DeepLabv3+.
 
     python launch.py --config configs/voc12_multistage_v2.py --workdir runs/voc12_multistage_v2 \
         --config.data.root=/data/VOC2012 --config.model.init=imagenet:/weights/resnet50.pth \
         --config.seg.init=imagenet:/weights/resnet101.pth
 
-The segmenter's recipe and the source of each value: configs/common.py, multistage(). The VOC
-test submission (export) uses the segmenter's test predictions.
-
-Expected (not yet reproduced with this code, no GPU run here): the paper's multi-stage
-DeepLabv3+ ResNet-101 reaches 72.4 mIoU on VOC val (RS+CM, v1) and 74.4 / 73.6 val / test
-(RS+EPM); DeepLabv2 is the older peers' segmenter (README, "Results").
+DeepLabv2 (output stride 8, ASPP-L summed branches) is the segmenter of the older WSSS papers
+the RecurSeed paper compares with; its recipe (kazuto1011/deeplab-pytorch, VOC) and sources are
+in configs/common.py, SEGMENTER_RECIPES. The paper reports no DeepLabv2 figure for RecurSeed.
 """
 
 from configs import common
