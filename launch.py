@@ -88,6 +88,7 @@ def main(argv):
 def _lock_workdir(workdir):
   """The workdir's lock (process 0 only, see workdir_lock.py); stale temp files removed."""
   import jax
+  from recurseed_jax import io_utils
   from recurseed_jax import workdir_lock
   if jax.process_index() != 0:
     return contextlib.nullcontext()
@@ -101,7 +102,7 @@ def _lock_workdir(workdir):
           'file locks')
   if lock.previous is not None:
     print(f'{lock.describe_previous()}; resuming', file=sys.stderr)
-  removed = workdir_lock.remove_stale_temps(workdir)
+  removed = io_utils.remove_temp_files(workdir)  # a killed run's; we hold the lock
   if removed:
     print(f'removed {len(removed)} temp file(s) left by a killed run, e.g. {removed[0]}',
           file=sys.stderr)

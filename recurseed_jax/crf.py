@@ -91,16 +91,6 @@ def _crf_job(path, image, seed, keys, params):
   io_utils.save_palette_png(path, crf_label_map(image, seed, keys, **params))
 
 
-def _remove_stale_temps(out_dir):
-  # Temp files of a killed run; their images are redone since the final PNG never appeared.
-  for name in os.listdir(out_dir):
-    if io_utils.is_temp_name(name) and name.split(io_utils.TMP_MARKER)[0].endswith('.png'):
-      try:
-        os.remove(os.path.join(out_dir, name))
-      except FileNotFoundError:
-        pass
-
-
 def run_crf(items, out_dir, *, params, workers=2, queue_size=8, desc='crf', total=None):
   """Runs `crf_label_map` over a stream of seeds and writes `<out_dir>/<image_id>.png`.
 
@@ -125,7 +115,7 @@ def run_crf(items, out_dir, *, params, workers=2, queue_size=8, desc='crf', tota
   """
   start = time.perf_counter()
   os.makedirs(out_dir, exist_ok=True)
-  _remove_stale_temps(out_dir)
+  io_utils.remove_temp_files(out_dir)  # a killed run's; their images are redone
   if total is None and hasattr(items, '__len__'):
     total = len(items)
   params = dict(params)

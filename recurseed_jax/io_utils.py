@@ -28,6 +28,22 @@ def is_temp_name(name):
   return name.startswith('.') and TMP_MARKER in name
 
 
+def remove_temp_files(folder):
+  """Deletes our temp files (is_temp_name) under `folder`, recursively; returns their paths.
+
+  Only for a folder no live writer uses: the workdir under its lock, a stage's own output folder.
+  Orbax's temp folders are left to Orbax, which removes them when it opens its checkpoints.
+  """
+  removed = []
+  for parent, _, files in os.walk(folder):
+    for name in files:
+      if is_temp_name(name):
+        with contextlib.suppress(FileNotFoundError):
+          os.remove(os.path.join(parent, name))
+          removed.append(os.path.join(parent, name))
+  return removed
+
+
 @contextlib.contextmanager
 def atomic_path(path):
   """Yields a temp path next to `path`; renamed onto `path` on success, removed on error.

@@ -12,7 +12,8 @@ once, and its other processes fail when their coordinator goes away. NFS emulate
 POSIX byte-range locks, which also work across hosts.
 
 Whoever holds the lock is the only writer in the workdir, so the temp files it finds there
-(io_utils.atomic_path names) are a killed run's leftovers: `remove_stale_temps` deletes them.
+(io_utils.atomic_path names) are a killed run's leftovers: launch.py deletes them with
+io_utils.remove_temp_files once it holds the lock.
 """
 
 import datetime
@@ -21,8 +22,6 @@ import fcntl
 import json
 import os
 import socket
-
-from recurseed_jax import io_utils
 
 LOCK_NAME = '.lock'
 
@@ -96,20 +95,3 @@ class WorkdirLock:
   def __exit__(self, *exc):
     self.release()
 
-
-def remove_stale_temps(workdir):
-  """Deletes io_utils temp files under `workdir` (call only while holding its lock); returns them.
-
-  Orbax's own temp folders are left to Orbax, which removes them when it opens the checkpoints.
-  """
-  removed = []
-  for folder, _, files in os.walk(workdir):
-    for name in files:
-      if io_utils.is_temp_name(name):
-        path = os.path.join(folder, name)
-        try:
-          os.remove(path)
-          removed.append(path)
-        except FileNotFoundError:
-          pass
-  return removed

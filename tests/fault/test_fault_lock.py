@@ -55,5 +55,5 @@ def test_remove_stale_temps_takes_only_temp_files(tmp_path):
   for path in keep + temps:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     open(path, 'w').close()
-  assert sorted(workdir_lock.remove_stale_temps(str(tmp_path))) == sorted(temps)
+  assert sorted(io_utils.remove_temp_files(str(tmp_path))) == sorted(temps)
   assert all(os.path.exists(p) for p in keep) and not any(os.path.exists(p) for p in temps)
