@@ -272,10 +272,10 @@ def stage_seeds(run):
 
 
 # --- crf ---------------------------------------------------------------------------------------
-def _crf_kwargs(run, total):
+def _crf_kwargs(run, total, desc='crf'):
   cfg = run.config
   return dict(params=crf_lib.crf_params_from_config(cfg.crf), workers=cfg.crf.workers,
-              queue_size=cfg.crf.queue_size, desc='crf', total=total)
+              queue_size=cfg.crf.queue_size, desc=desc, total=total)
 
 
 def _missing_masks(run, train):
@@ -354,8 +354,7 @@ def stage_predict(run):
           yield (image_id, image, infer.dequantize(res['probs']),
                  np.asarray(res['classes'], np.int64) + 1)
 
-    crf_lib.run_crf(items(), crf_dir, **{**_crf_kwargs(prun, len(todo)),
-                                          'desc': f'crf {split_name}'})
+    crf_lib.run_crf(items(), crf_dir, **_crf_kwargs(prun, len(todo), f'crf {split_name}'))
 
 
 # --- evaluate ----------------------------------------------------------------------------------
@@ -372,10 +371,10 @@ def _train_confusions(run, train, num_labels, with_masks=True):
       if key in seed:
         pred = infer.host_seed_labels(seed[key], seed['classes'], bg_power)
         out[f'{key}_seed'] = eval_lib.confusion_matrix(pred, gt, num_labels)
-    path = _mask_path(run, image_id)
-    if with_masks and not os.path.exists(path):
-      raise FileNotFoundError(f'missing pseudo mask {path}: run the crf stage')
     if with_masks:
+      path = _mask_path(run, image_id)
+      if not os.path.exists(path):
+        raise FileNotFoundError(f'missing pseudo mask {path}: run the crf stage')
       out['pseudo_mask'] = eval_lib.confusion_matrix(io_utils.load_mask_png(path), gt, num_labels)
     return out
 
