@@ -65,27 +65,31 @@ def select_seed(step, cam, seg, cam_only_steps, seed_mix):
 def _minmax(v, dim, eps):
   lo = v.amin(dim=dim, keepdim=True)
   hi = v.amax(dim=dim, keepdim=True)
-  return (v - lo) / (hi - lo).clamp_min(eps)
+  return (v - lo) / (hi - lo + eps)
+
+
+def _columns(a, eps):
+  """Each column of [B, HW, HW] divided by its sum (the authors' normalise over dim 1)."""
+  return a / (a.sum(dim=1, keepdim=True) + eps)
 
 
 def _level_affinity(f, first_th, second_th, iteration, second_weight, eps):
-  """H = max(S1, w2 * S2) of one level for a batch; f is [B, HW, D]."""
+  """Column-normalised max(S1, w2 * S2) of one level for a batch; f is [B, HW, D]."""
   hw = f.shape[1]
   n = f / (torch.linalg.vector_norm(f, dim=-1, keepdim=True) + eps)
   s = F.relu(torch.bmm(n, n.transpose(1, 2)))
   s = torch.where(s < first_th, 0.0, s)
-  s1 = s / (s.sum(dim=2, keepdim=True) + eps)
-  s2 = s * (1.0 - torch.eye(hw, dtype=s.dtype, device=s.device))
-  s2 = s2 / (s2.sum(dim=1, keepdim=True) + eps)
+  s1 = _columns(s, eps)
+  base = _columns(s * (1.0 - torch.eye(hw, dtype=s.dtype, device=s.device)), eps)
+  s2 = base
   for _ in range(iteration):
-    s2 = torch.bmm(s2, s2)
-    s2 = s2 / (s2.sum(dim=1, keepdim=True) + eps)
+    s2 = _columns(torch.bmm(s2, base), eps)
   s2 = torch.where(s2 < second_th / hw, 0.0, s2)
-  return torch.maximum(s1, second_weight * s2)
+  return _columns(torch.maximum(s1, second_weight * s2), eps)
 
 
-def scg(features, seed, *, first_th=0.5, second_th=0.1, fg_th=0.3, bg_th=0.05, iteration=2,
-        second_weight=1.0, eps=1e-5):
+def scg(features, seed, *, first_th=0.5, second_th=0.1, fg_th=0.3, bg_th=0.05, iteration=1,
+        second_weight=1.0, eps=1e-10):
   """method.scg for a batch: features list of [B, D_l, h, w], seed [B, C, h, w] -> refined."""
   if torch.is_tensor(features):
     features = [features]
@@ -96,7 +100,6 @@ def scg(features, seed, *, first_th=0.5, second_th=0.1, fg_th=0.3, bg_th=0.05, i
   try:
     aff = sum(_level_affinity(f.detach().float().flatten(2).transpose(1, 2), first_th,
                               second_th, iteration, second_weight, eps) for f in features)
-    aff = aff / (aff.sum(dim=2, keepdim=True) + eps)
     aff = _minmax(aff, 1, eps)  # each column over rows
     m = seed.detach().float().flatten(2).transpose(1, 2)  # [B, HW, C]
     fg = _minmax(torch.bmm(aff, (m >= fg_th).float()), 1, eps)
@@ -104,7 +107,6 @@ def scg(features, seed, *, first_th=0.5, second_th=0.1, fg_th=0.3, bg_th=0.05, i
   finally:
     torch.backends.cuda.matmul.allow_tf32 = tf32
   out = _minmax(F.relu(fg - bg), 1, eps)
-  out = torch.where(m.amax(dim=1, keepdim=True) > 0, out, 0.0)  # absent classes stay zero
   return out.transpose(1, 2).reshape(b, c, h, w)
 
 

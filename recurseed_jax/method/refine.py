@@ -2,21 +2,23 @@
 
 Both run on seeds under stop-gradient, are pure and jit with static shapes.
 
-SCG, as we read SPA (Pan et al., CVPR 2021) and METHOD.md section 2. Per image,
-per feature level f (HW x D):
+SCG reproduces the authors' `SCG` (shjo-april/RecurSeed_and_EdgePredictMix, core/inferences.py
+at commit 4fbc05c; METHOD.md section 2). "Column-normalise" divides each column by its sum
+(+ eps). Per image, per feature level f (HW x D):
   n  = f / (|f| + eps) per pixel;
-  S  = relu(n n^T), entries < first_th set to 0;
-  S1 = S / (row sums + eps);
-  S2 = S with zero diagonal, / (column sums + eps); then `iteration` times
-       S2 = S2 @ S2, / (column sums + eps); entries < second_th / HW set to 0;
-  H_level = max(S1, second_weight * S2).
-H = sum of H_level over levels, / (row sums + eps). Hn = H with every column
-min-max normalised over rows. For class c with seed map m_c (flattened):
+  S  = relu(n n^T), entries < first_th set to 0;   S1 = column-normalise(S);
+  B  = column-normalise(S with a zero diagonal);   S2 = B, then `iteration` times
+       S2 = column-normalise(S2 @ B)  (iteration 1: B^2, 2: B^3);
+  entries of S2 < second_th / HW set to 0;
+  H_level = column-normalise(max(S1, second_weight * S2)).
+H = sum of H_level over levels; Hn = H with every column min-max normalised over its rows. For
+class c with seed map m_c (flattened):
   F_c = minmax(Hn @ [m_c >= fg_th]), B_c = minmax(Hn @ [m_c <= bg_th]),
   refined_c = minmax(relu(F_c - B_c)),
-and classes whose seed is all zero stay zero. minmax(v) = (v - min v) /
-max(max v - min v, eps): exact min-max whenever the range exceeds eps, 0 for
-a constant vector (an empty pixel set), never NaN.
+with minmax(v) = (v - min v) / (max v - min v + eps) over pixels. An empty pixel set gives a zero
+product, hence zeros. eps is the authors' 1e-10 everywhere: every division it guards has a
+non-negative numerator no larger than its denominator's sum or range (ratios stay in [0, 1]), and
+1e-10 is a normal float32, so 0 / eps = 0 and nothing can overflow or become NaN.
 
 PAMR follows Araslanov & Roth (CVPR 2020) and their released code: edge
 replicated 3x3 dilated neighbourhoods; the colour scale is the unbiased
@@ -29,6 +31,7 @@ import jax
 import jax.numpy as jnp
 
 _HIGHEST = jax.lax.Precision.HIGHEST
+SCG_EPS = 1e-10  # the authors' value; safe (see the module docstring)
 
 
 def _mm(a, b):
@@ -37,26 +40,29 @@ def _mm(a, b):
 
 
 def _minmax(v, axis, eps):
-  """Min-max normalisation along `axis`; 0 for constant vectors."""
+  """Min-max normalisation along `axis`: (v - min) / (max - min + eps); 0 for constants."""
   lo = jnp.min(v, axis=axis, keepdims=True)
   hi = jnp.max(v, axis=axis, keepdims=True)
-  return (v - lo) / jnp.maximum(hi - lo, eps)
+  return (v - lo) / (hi - lo + eps)
+
+
+def _column_normalise(a, eps):
+  return a / (jnp.sum(a, axis=0, keepdims=True) + eps)
 
 
 def _level_affinity(f, first_th, second_th, iteration, second_weight, eps):
-  """One level's H = max(S1, w2 * S2) for one image; f is [HW, D]."""
+  """One level's column-normalised max(S1, w2 * S2) for one image; f is [HW, D]."""
   hw = f.shape[0]
   n = f / (jnp.linalg.norm(f, axis=-1, keepdims=True) + eps)
   s = jax.nn.relu(_mm(n, n.T))
   s = jnp.where(s < first_th, 0.0, s)
-  s1 = s / (jnp.sum(s, axis=1, keepdims=True) + eps)
-  s2 = s * (1.0 - jnp.eye(hw, dtype=s.dtype))
-  s2 = s2 / (jnp.sum(s2, axis=0, keepdims=True) + eps)
+  s1 = _column_normalise(s, eps)
+  base = _column_normalise(s * (1.0 - jnp.eye(hw, dtype=s.dtype)), eps)
+  s2 = base
   for _ in range(iteration):  # `iteration` is static: unrolled.
-    s2 = _mm(s2, s2)
-    s2 = s2 / (jnp.sum(s2, axis=0, keepdims=True) + eps)
+    s2 = _column_normalise(_mm(s2, base), eps)
   s2 = jnp.where(s2 < second_th / hw, 0.0, s2)
-  return jnp.maximum(s1, second_weight * s2)
+  return _column_normalise(jnp.maximum(s1, second_weight * s2), eps)
 
 
 def _scg_one(feats, seed, first_th, second_th, fg_th, bg_th, iteration,
@@ -66,18 +72,15 @@ def _scg_one(feats, seed, first_th, second_th, fg_th, bg_th, iteration,
   aff = sum(
       _level_affinity(f.reshape(h * w, -1), first_th, second_th, iteration,
                       second_weight, eps) for f in feats)
-  aff = aff / (jnp.sum(aff, axis=1, keepdims=True) + eps)
-  aff = _minmax(aff, axis=0, eps=eps)  # Each column over rows.
+  aff = _minmax(aff, axis=0, eps=eps)  # Each column over its rows.
   m = seed.reshape(h * w, c)
   fg = _minmax(_mm(aff, (m >= fg_th).astype(aff.dtype)), axis=0, eps=eps)
   bg = _minmax(_mm(aff, (m <= bg_th).astype(aff.dtype)), axis=0, eps=eps)
-  out = _minmax(jax.nn.relu(fg - bg), axis=0, eps=eps)
-  alive = jnp.max(m, axis=0, keepdims=True) > 0  # Absent classes stay zero.
-  return jnp.where(alive, out, 0.0).reshape(h, w, c)
+  return _minmax(jax.nn.relu(fg - bg), axis=0, eps=eps).reshape(h, w, c)
 
 
 def scg(features, seed, *, first_th=0.5, second_th=0.1, fg_th=0.3, bg_th=0.05,
-        iteration=2, second_weight=1.0, eps=1e-5):
+        iteration=1, second_weight=1.0, eps=SCG_EPS):
   """Self-Correlation Generation refinement of a seed (see module docstring).
 
   Args:
@@ -85,8 +88,8 @@ def scg(features, seed, *, first_th=0.5, second_th=0.1, fg_th=0.3, bg_th=0.05,
       single array is taken as a one-level list).
     seed: [B, h, w, C] seed in [0, 1].
     first_th, second_th, fg_th, bg_th, iteration, second_weight: SCG knobs
-      (config rs.scg.*).
-    eps: keeps every normalisation finite.
+      (config rs.scg.*); the defaults are the authors'.
+    eps: the normalisations' guard (the authors' 1e-10).
 
   Returns:
     [B, h, w, C] refined seed in [0, 1]; never NaN.
