@@ -42,7 +42,7 @@ def scene(seed, h=375, w=500, labels=3):
 
 def run_case(labels, workers, images, size):
   h, w = size
-  items = [(f'img{i:04d}',) + scene(i, h, w, labels) + (np.arange(1, labels),)
+  items = [(f'img{i:04d}',) + scene(i, h, w, labels) + (np.arange(labels),)  # bg + classes
            for i in range(images)]
   params = crf.crf_params_from_config(default.get_config().crf)
   with tempfile.TemporaryDirectory() as out:

@@ -114,7 +114,7 @@ def simulated_items(m, split, batch, ms, labels, bg_power=2.0):
     for i in range(start, min(start + batch, len(split))):
       image = split.image(i)
       scores = rng.integers(0, 256, image.shape[:2] + (labels,), dtype=m.np.uint8)
-      yield split.ids[i], image, m.infer.host_seed(scores, bg_power), m.np.arange(1, labels + 1)
+      yield split.ids[i], image, m.infer.host_seed(scores, bg_power), m.np.arange(labels + 1)
 
 
 def seed_items(m, step, variables, split, bucket, batch, sharding, bg_power=2.0, args=None):
@@ -125,7 +125,8 @@ def seed_items(m, step, variables, split, bucket, batch, sharding, bg_power=2.0,
   for i, image, out in m.infer.run_split(step, {'rs': variables}, split, range(len(split)),
                                          [bucket], batch, with_labels=True, sharding=sharding):
     res = out['rs']
-    yield split.ids[i], image, m.infer.host_seed(res['seg'], bg_power), res['classes'] + 1
+    labels = m.np.concatenate([[0], res['classes'] + 1])  # background + the kept classes
+    yield split.ids[i], image, m.infer.host_seed(res['seg'], bg_power), labels
 
 
 def main(args):

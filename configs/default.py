@@ -84,7 +84,7 @@ def get_config():
   c.rs.scg.second_th = 0.10
   c.rs.scg.fg_th = 0.30
   c.rs.scg.bg_th = 0.05
-  c.rs.scg.iteration = 2             # squarings of the second-order affinity
+  c.rs.scg.iteration = 1             # second order: S2 = B^(1 + iteration) (the authors' 1)
   c.rs.scg.second_weight = 1.0       # w2 in H = max(S1, w2 * S2)
   c.rs.scg.levels = (3, 4)           # backbone stages (2..5) whose features feed SCG
   c.rs.pamr = ml_collections.ConfigDict()
@@ -147,6 +147,14 @@ def get_config():
   c.infer.flip = True
   c.infer.class_threshold = 0.34     # val/test: classes kept by mean probability
   c.infer.bg_power = 2.0             # background = (1 - max over classes) ** bg_power
+  # How the segmentation head reaches the image (recurseed_jax/infer.py): 'nearest' (the authors'
+  # RS+EPM seeds: logits -> pass input -> softmax -> image, torch's nearest), 'bilinear' (the same
+  # with bilinear: their DeepLab predictions) or 'probs_bilinear' (softmax at the head's stride,
+  # one bilinear resize: cheapest).
+  c.infer.interpolation = 'nearest'
+  # Seed files: 'float16' (pseudo masks as from float32 seeds) | 'uint8' (half the disk; scores
+  # below 1/510 become 0). The CRF always takes what is stored, so a resumed run gives the same.
+  c.infer.seed_dtype = 'float16'
   c.infer.batch_size = 32            # fixed per bucket (last batch padded); a multiple of devices
   # (H, W) shapes images are padded to (bottom/right, with a valid size: results as unpadded, see
   # recurseed_jax/infer.py); each image takes the smallest that holds it; one compile per bucket.
@@ -163,6 +171,9 @@ def get_config():
   c.crf.bi_rgb_std = 3.0
   c.crf.pos_weight = 3.0
   c.crf.pos_xy_std = 1.0
+  # The image the bilateral kernel compares: 'denormalized' (the authors': the normalised input
+  # de-normalised and truncated to uint8) | 'decoded' (the image as read).
+  c.crf.image = 'denormalized'
   c.crf.workers = 2                  # CRF processes (one per free core); 0 = inline
   c.crf.queue_size = 8               # seeds waiting for the CRF pool (bounds host memory)
 
@@ -178,7 +189,8 @@ def get_config():
   c.seg.model = ml_collections.ConfigDict(dict(segmenter_head='v3plus'))
   c.seg.optim = ml_collections.ConfigDict()
   c.seg.train = ml_collections.ConfigDict()
-  c.seg.infer = ml_collections.ConfigDict(dict(class_threshold=0.05))
+  # The authors' DeepLab inference: bilinear, every label (background too) whose max >= 0.05.
+  c.seg.infer = ml_collections.ConfigDict(dict(class_threshold=0.05, interpolation='bilinear'))
   c.seg.predict_model = ml_collections.ConfigDict()  # at prediction: e.g. output_stride=8
 
   # --- export --------------------------------------------------------------------------------

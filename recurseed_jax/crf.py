@@ -1,9 +1,15 @@
 """DenseCRF refinement of seeds into pseudo masks (METHOD.md section 5), on a host process pool.
 
-The CRF runs over background + the kept classes of each image only (its cost grows with the label
-count), and the argmax is mapped back to the dataset's label space. `run_crf` pulls its items on a
-background thread through a bounded queue and hands them to a process pool, so a device-fed item
-generator (seed inference) keeps running while the CPU cores do the CRF.
+The CRF runs over the labels kept for each image only (background + the image's classes for seeds;
+the labels above the threshold for the segmenter; its cost grows with the label count), and the
+argmax is mapped back to the dataset's label space. What the CRF sees follows the authors'
+convert_seed_to_pseudo_masks.py + core/refinements/densecrf.py: unary -log(clip(p, 1e-5, 1)) of
+the scores as given (pydensecrf's unary_from_softmax; no renormalisation), an image with fewer
+than two labels is all background without a CRF, and (crf.image = 'denormalized') the image is
+the network's normalised input de-normalised back to uint8 by truncation, as theirs.
+`run_crf` pulls its items on a background thread through a bounded queue and hands them to a
+process pool, so a device-fed item generator (seed inference) keeps running while the CPU cores do
+the CRF.
 """
 
 import concurrent.futures as cf
@@ -18,6 +24,8 @@ import tqdm
 from recurseed_jax import io_utils
 
 CRF_KEYS = ('iterations', 'bi_weight', 'bi_xy_std', 'bi_rgb_std', 'pos_weight', 'pos_xy_std')
+IMAGE_MODES = ('decoded', 'denormalized')
+UNARY_CLIP = 1e-5  # pydensecrf.utils.unary_from_softmax's default, which the authors use
 
 
 def crf_params_from_config(crf_config):
@@ -27,13 +35,36 @@ def crf_params_from_config(crf_config):
   return params
 
 
+def crf_image(image, mode='decoded', mean=None, std=None):
+  """The uint8 [H, W, 3] image the CRF's bilateral kernel compares (config.crf.image).
+
+  'decoded': the image as read. 'denormalized': the authors' — the network's float32 input
+  (x / 255 - mean) / std, de-normalised in float64 as (x_n * std + mean) * 255 and truncated to
+  uint8, which leaves most pixels one grey level darker.
+  """
+  image = np.asarray(image)
+  if mode == 'decoded':
+    return image
+  if mode != 'denormalized':
+    raise ValueError(f'config.crf.image must be one of {IMAGE_MODES}, got {mode!r}')
+  if mean is None or std is None:
+    raise ValueError("crf_image('denormalized') needs the data mean and std")
+  x = image.astype(np.float32)
+  mean32, std32 = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+  normalised = (x / np.float32(255.0) - mean32) / std32
+  back = (normalised.astype(np.float64) * np.asarray(std, np.float64) +
+          np.asarray(mean, np.float64)) * 255.0
+  return np.clip(back, 0, 255).astype(np.uint8)  # truncation toward zero, as astype(uint8)
+
+
 def dense_crf(image, probs, *, iterations=10, bi_weight=4, bi_xy_std=67, bi_rgb_std=3,
               pos_weight=3, pos_xy_std=1):
-  """Fully connected CRF (Krahenbuhl & Koltun) with unary -log(prob).
+  """Fully connected CRF (Krahenbuhl & Koltun) with unary -log(clip(prob, 1e-5, 1)).
 
   Args:
     image: uint8 [H, W, 3] RGB image.
-    probs: float [H, W, L] non-negative scores per label; normalised over L here.
+    probs: float [H, W, L] non-negative scores per label, taken as they are (adding a constant
+      to every label's unary of a pixel changes nothing; only the clip at 1e-5 sees the scale).
     iterations: mean-field iterations.
     bi_weight, bi_xy_std, bi_rgb_std: bilateral (appearance) kernel weight and stds.
     pos_weight, pos_xy_std: Gaussian (smoothness) kernel weight and std.
@@ -50,9 +81,8 @@ def dense_crf(image, probs, *, iterations=10, bi_weight=4, bi_xy_std=67, bi_rgb_
   h, w, num_labels = probs.shape
   if not np.all(np.isfinite(probs)):
     raise ValueError('probs contain NaN or inf')
-  # Clip before normalising: a pixel with all-zero scores becomes uniform instead of 0/0.
-  p = np.clip(probs, 1e-8, None)
-  p = np.clip(p / p.sum(axis=2, keepdims=True), 1e-8, 1.0)
+  # An all-zero pixel clips to a uniform unary: finite, never 0/0.
+  p = np.clip(probs, UNARY_CLIP, 1.0)
   unary = np.ascontiguousarray(-np.log(p).transpose(2, 0, 1).reshape(num_labels, -1))
 
   d = dcrf.DenseCRF2D(w, h, num_labels)
@@ -64,31 +94,32 @@ def dense_crf(image, probs, *, iterations=10, bi_weight=4, bi_xy_std=67, bi_rgb_
   return q.reshape(num_labels, h, w).transpose(1, 2, 0)
 
 
-def crf_label_map(image, seed, keys, **crf_params):
-  """CRF over background + kept classes; returns a uint8 [H, W] map in dataset label space.
+def crf_label_map(image, probs, labels, **crf_params):
+  """CRF over an image's kept labels; returns a uint8 [H, W] map in dataset label space.
 
   Args:
     image: uint8 [H, W, 3].
-    seed: float [H, W, 1 + K]; channel 0 background, channel i the class keys[i - 1].
-    keys: K class ids (1-based, as in the label maps) of the kept channels.
+    probs: float [H, W, L]; channel i scores the dataset label labels[i].
+    labels: L label ids (0 = background, c + 1 = class c), e.g. [0] + the kept classes + 1.
     **crf_params: forwarded to `dense_crf`.
+
+  With fewer than two labels there is nothing to decide: all background (the authors' rule).
   """
-  keys = np.asarray(keys, dtype=np.int64).reshape(-1)
-  seed = np.asarray(seed)
-  if seed.ndim != 3 or seed.shape[2] != 1 + keys.size:
-    raise ValueError(f'seed must be [H, W, 1 + K] with K = {keys.size} keys, got {seed.shape}')
-  if keys.size and (keys.min() < 1 or keys.max() > 254):
-    raise ValueError(f'class keys must lie in 1..254, got {keys.tolist()}')
-  if keys.size == 0:  # nothing kept: all background (a 1-label CRF is a no-op)
-    return np.zeros(seed.shape[:2], np.uint8)
-  q = dense_crf(image, seed, **crf_params)
-  lut = np.concatenate([[0], keys]).astype(np.uint8)
-  return lut[np.argmax(q, axis=2)]
+  labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+  probs = np.asarray(probs)
+  if probs.ndim != 3 or probs.shape[2] != labels.size:
+    raise ValueError(f'probs must be [H, W, L] with L = {labels.size} labels, got {probs.shape}')
+  if labels.size and (labels.min() < 0 or labels.max() > 254):
+    raise ValueError(f'labels must lie in 0..254, got {labels.tolist()}')
+  if labels.size < 2:
+    return np.zeros(probs.shape[:2], np.uint8)
+  q = dense_crf(image, probs, **crf_params)
+  return labels.astype(np.uint8)[np.argmax(q, axis=2)]
 
 
-def _crf_job(path, image, seed, keys, params):
+def _crf_job(path, image, probs, labels, params):
   """Worker body: one image, written atomically (module level so 'spawn' can pickle it)."""
-  io_utils.save_palette_png(path, crf_label_map(image, seed, keys, **params))
+  io_utils.save_palette_png(path, crf_label_map(image, probs, labels, **params))
 
 
 def run_crf(items, out_dir, *, params, workers=2, queue_size=8, desc='crf', total=None):
@@ -102,7 +133,7 @@ def run_crf(items, out_dir, *, params, workers=2, queue_size=8, desc='crf', tota
   not point two concurrent runs at one folder.
 
   Args:
-    items: iterable of (image_id, image uint8 [H, W, 3], seed float [H, W, 1 + K], keys [K]).
+    items: iterable of (image_id, image uint8 [H, W, 3], probs float [H, W, L], labels [L]).
     out_dir: output folder, created if missing.
     params: `dense_crf` keyword arguments (see `crf_params_from_config`).
     workers: pool size; 0 runs inline in this process.
@@ -136,7 +167,7 @@ def run_crf(items, out_dir, *, params, workers=2, queue_size=8, desc='crf', tota
       bar.update(1)
 
   try:
-    for image_id, image, seed, keys in feed:
+    for image_id, image, probs, labels in feed:
       path = os.path.join(out_dir, f'{image_id}.png')
       if os.path.exists(path):
         counts['skipped'] += 1
@@ -144,7 +175,7 @@ def run_crf(items, out_dir, *, params, workers=2, queue_size=8, desc='crf', tota
         continue
       if workers <= 0:
         try:
-          _crf_job(path, image, seed, keys, params)
+          _crf_job(path, image, probs, labels, params)
         except Exception as exc:
           raise RuntimeError(f'CRF failed for image {image_id!r}: {exc!r}') from exc
         counts['written'] += 1
@@ -156,7 +187,7 @@ def run_crf(items, out_dir, *, params, workers=2, queue_size=8, desc='crf', tota
       while len(pending) >= max_in_flight:
         done, _ = cf.wait(list(pending), return_when=cf.FIRST_COMPLETED)
         collect(done)
-      pending[pool.submit(_crf_job, path, image, seed, keys, params)] = image_id
+      pending[pool.submit(_crf_job, path, image, probs, labels, params)] = image_id
     while pending:
       done, _ = cf.wait(list(pending), return_when=cf.FIRST_COMPLETED)
       collect(done)

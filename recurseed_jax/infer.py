@@ -5,19 +5,27 @@ smallest bucket (config.infer.buckets) that holds it, batches have a fixed size 
 last one padded), and `predict` unrolls every scale and the flip, so a split compiles once per
 bucket. Each image's valid size travels with the batch; padding never leaks into its result:
 
-- Multi-scale resize: each image's valid rectangle is resized on its own (per-image bilinear
-  weights, half-pixel centres, edges clamped, exactly `jax.image.resize` of the image alone) onto
-  a canvas of round(bucket * scale) rounded up to `align`; the flip mirrors the valid columns only.
+- Multi-scale resize: each image's valid rectangle (h, w) is resized on its own (per-image
+  bilinear weights, half-pixel centres, edges clamped, exactly `jax.image.resize` of the image
+  alone) to (floor(h * s), floor(w * s)), the authors' int(h * scale), on a canvas of
+  ceil(bucket * s) rounded up to `align`; the flip mirrors the valid columns only.
 - The network: every conv sees zeros past the valid rectangle at its own resolution (what its zero
   padding would show it), so the backbone, the CAM and the ASPP branches match the image run
-  alone; the ASPP image-pooling branch averages over the valid cells only; the ASPP output is
-  edge-extended before the decoder upsamples it; class logits are the mean CAM over valid cells.
+  alone; the ASPP image-pooling branch averages over the valid cells only; the decoder resizes
+  each image's ceil(h_s / os) valid ASPP cells onto its ceil(h_s / 4) valid low-level cells, as
+  the network does on the unpadded image; class logits are the mean CAM over valid cells.
 - Outputs are resized from their valid cells back to each image's size and are zero past it.
 
-The result equals a run on the unpadded image to float precision whenever each scaled image size
-is a multiple of the output stride; otherwise only the segmentation head differs slightly (the
-decoder upsamples the ASPP map by exactly output_stride / 4 on the canvas, but by
-ceil(h / 4) / ceil(h / os) on an unpadded image), about 1e-2 in softmax scores (tests/test_infer).
+So a padded image gives what the same image gives alone, to float precision (tests/test_infer).
+
+The segmentation head's output reaches the image one of three ways (`interpolation`):
+- 'nearest': the authors' RS+EPM seeds (infer_rsepm.py: same=True, interpolation='nearest'):
+  logits resized by nearest to the pass's input, softmax, resized by nearest to the image; torch's
+  nearest reads source index floor(i * n_in / n_out), no half-pixel offset. Softmax commutes
+  with a gather, so this runs as one composite gather of the softmax at the head's resolution.
+- 'bilinear': the authors' DeepLab predictions (infer_seg.py): the same with bilinear resizes
+  (half-pixel); the softmax runs at the pass's input size.
+- 'probs_bilinear': softmax at the head's resolution, one bilinear resize to the image (cheapest).
 
 Host side: `run_split` decodes and pads the next batch on a background thread while the device
 runs the current one, and shards each batch over the devices when given a sharding.
@@ -38,6 +46,10 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 
 
 # --- per-pixel products ------------------------------------------------------------------------
+INTERPOLATIONS = ('nearest', 'bilinear', 'probs_bilinear')
+SEED_DTYPES = ('float16', 'uint8')
+
+
 def normalized_scores(fg, keep, eps=1e-5):
   """Foreground scores of kept classes, each divided by its spatial max. fg [B,H,W,C]."""
   fg = jnp.maximum(fg, 0) * keep[:, None, None, :]
@@ -73,12 +85,28 @@ def _quantize(x):
 
 
 def quantize(x):
-  """[0, 1] floats -> uint8 (seeds are stored compactly, never pickled)."""
+  """[0, 1] floats -> uint8 (the compact seed storage)."""
   return np.asarray(_quantize(x))
 
 
+def encode_seed(x, dtype='float16'):
+  """Host: float scores in [0, 1] -> what the seed files store (config.infer.seed_dtype).
+
+  'float16' keeps 11 significant bits (relative error <= 2^-11): the CRF's -log unary of values
+  down to its 1e-5 clip moves by < 1e-3, so pseudo masks match float32 seeds'. 'uint8' (steps of
+  1/255) halves the files, but every score below 1/510 becomes 0, which the CRF sees.
+  """
+  if dtype == 'float16':
+    return np.asarray(x, np.float32).astype(np.float16)
+  if dtype == 'uint8':
+    return quantize(x)
+  raise ValueError(f'config.infer.seed_dtype must be one of {SEED_DTYPES}, got {dtype!r}')
+
+
 def dequantize(q):
-  return q.astype(np.float32) / 255.0
+  """Stored scores (uint8 steps of 1/255, or float16) -> float32."""
+  q = np.asarray(q)
+  return q.astype(np.float32) / 255.0 if q.dtype == np.uint8 else q.astype(np.float32)
 
 
 @jax.jit
@@ -88,10 +116,13 @@ def seg_scores(seg, keep):
 
 
 def host_seed(scores, bg_power=2.0):
-  """Numpy twin of seed_with_background for one stored seed: uint8 [H,W,K] -> float [H,W,1+K]."""
-  s = dequantize(np.asarray(scores))
+  """Numpy twin of seed_with_background for one stored seed: [H,W,K] -> float32 [H,W,1+K].
+
+  float32 throughout, as the authors' CRF input (their bg = (1 - max) ** gamma of float32 seeds).
+  """
+  s = dequantize(scores)
   top = s.max(axis=-1, keepdims=True) if s.shape[-1] else np.zeros(s.shape[:2] + (1,), s.dtype)
-  return np.concatenate([(1.0 - top) ** bg_power, s], axis=-1)
+  return np.concatenate([(1.0 - top) ** np.float32(bg_power), s], axis=-1)
 
 
 def host_seed_labels(scores, classes, bg_power=2.0):
@@ -122,19 +153,57 @@ def _axis_weights(n_in, n_out, valid_in, valid_out, flip):
   return w_lo + jnp.where(i == hi[..., None], frac, 0.0)
 
 
-def _resize(x, valid_in, valid_out, size, flip):
-  """Per image: the valid_in rectangle of x [B,h,w,C] resized onto the valid_out one of `size`."""
-  wh = _axis_weights(x.shape[1], size[0], valid_in[:, 0], valid_out[:, 0],
-                     jnp.zeros_like(flip))
-  ww = _axis_weights(x.shape[2], size[1], valid_in[:, 1], valid_out[:, 1], flip)
+def _nearest_source(o, n_in, n_out):
+  """torch's nearest index: floor(o * (n_in / n_out)) in float32, at most n_in - 1."""
+  scale = n_in.astype(jnp.float32) / n_out.astype(jnp.float32)
+  return jnp.minimum(jnp.floor(o * scale), n_in.astype(jnp.float32) - 1.0)
+
+
+def _nearest_axis_weights(n_in, n_out, valid_in, valid_mid, valid_out, flip):
+  """[B, n_out, n_in] one-hot weights of two nearest resizes, valid_in -> valid_mid -> valid_out.
+
+  `flip` [B] mirrors the final outputs (the authors flip a pass's output after its last resize).
+  """
+  vo = valid_out.astype(jnp.float32)[:, None]
+  o = jnp.arange(n_out, dtype=jnp.float32)[None]
+  inside = o < vo
+  o = jnp.where(flip[:, None], vo - 1.0 - o, o)
+  src = _nearest_source(_nearest_source(o, valid_mid[:, None], valid_out[:, None]),
+                        valid_in[:, None], valid_mid[:, None])
+  i = jnp.arange(n_in, dtype=jnp.float32)
+  return jnp.where((i == src[..., None]) & inside[..., None], 1.0, 0.0)
+
+
+def _apply_axes(x, wh, ww):
   y = jnp.einsum('bhwc,bHh->bHwc', x, wh.astype(x.dtype), precision=_HIGHEST)
   return jnp.einsum('bhwc,bWw->bhWc', y, ww.astype(x.dtype), precision=_HIGHEST)
+
+
+def _resize(x, valid_in, valid_out, size, flip):
+  """Per image: the valid_in rectangle of x [B,h,w,C] resized onto the valid_out one of `size`."""
+  wh = _axis_weights(x.shape[1], size[0], valid_in[:, 0], valid_out[:, 0], jnp.zeros_like(flip))
+  ww = _axis_weights(x.shape[2], size[1], valid_in[:, 1], valid_out[:, 1], flip)
+  return _apply_axes(x, wh, ww)
+
+
+def _resize_nearest2(x, valid_in, valid_mid, valid_out, size, flip):
+  """Per image: two nearest resizes (valid_in -> valid_mid -> valid_out of `size`), one gather."""
+  wh = _nearest_axis_weights(x.shape[1], size[0], valid_in[:, 0], valid_mid[:, 0],
+                             valid_out[:, 0], jnp.zeros_like(flip))
+  ww = _nearest_axis_weights(x.shape[2], size[1], valid_in[:, 1], valid_mid[:, 1],
+                             valid_out[:, 1], flip)
+  return _apply_axes(x, wh, ww)
 
 
 def _canvas(n, scale, align):
   """Canvas length at `scale` for a bucket of length n: holds every scaled image, aligned."""
   c = max(int(math.ceil(n * scale - 1e-6)), 1)
   return -(-c // align) * align
+
+
+def scaled_size(hw, scale):
+  """The authors' scaled size int(h * scale) (floor), at least 1; hw int [..., 2]."""
+  return jnp.maximum(jnp.floor(hw.astype(jnp.float32) * scale), 1).astype(jnp.int32)
 
 
 def _valid_at(valid_hw, canvas, size):
@@ -149,14 +218,6 @@ def _rect_mask(valid_hw, size):
   rows = jnp.arange(size[0])[None] < valid_hw[:, :1]
   cols = jnp.arange(size[1])[None] < valid_hw[:, 1:]
   return (rows[:, :, None] & cols[:, None, :])[..., None]
-
-
-def _extend_edges(y, valid_hw):
-  """Repeats the last valid row / column over the padding (what a clamped resize reads)."""
-  rows = jnp.minimum(jnp.arange(y.shape[1])[None], valid_hw[:, :1] - 1)
-  cols = jnp.minimum(jnp.arange(y.shape[2])[None], valid_hw[:, 1:] - 1)
-  y = jnp.take_along_axis(y, rows[:, :, None, None], axis=1)
-  return jnp.take_along_axis(y, cols[:, None, :, None], axis=2)
 
 
 def _is_map(x):
@@ -177,8 +238,9 @@ def _padding_interceptor(valid_hw, canvas):
   Convs wider than 1x1 see zeros past the valid cells (as their zero padding would show them;
   a 1x1 conv, even strided, maps valid cells from valid cells only); so does the
   stem's max pool (its input is post-ReLU, so zeros never win over a valid cell); the ASPP
-  image pooling averages valid cells only; the ASPP output is edge-extended for the decoder's
-  upsampling. Masks are built once per resolution: the graph stays small (compile time).
+  image pooling averages valid cells only; the decoder's upsampling (deeplab.Resize) resizes each
+  image's valid cells onto its own valid cells. Masks are built once per resolution: the graph
+  stays small (compile time).
   """
   masks, aspp_cells = {}, []
 
@@ -197,6 +259,10 @@ def _padding_interceptor(valid_hw, canvas):
     if context.method_name != '__call__' or not args or not _is_map(args[0]):
       return next_fun(*args, **kwargs)
     x = args[0]
+    if isinstance(module, deeplab.Resize):
+      size = tuple(int(v) for v in args[1])
+      return _resize(x, valid(x), _valid_at(valid_hw, canvas, size), size,
+                     jnp.zeros((x.shape[0],), bool))
     if isinstance(module, deeplab.ASPP) or _spreads(module):
       x = mask(x)
     if isinstance(module, deeplab.ASPP):
@@ -205,8 +271,6 @@ def _padding_interceptor(valid_hw, canvas):
     elif isinstance(module.parent, deeplab.ASPP) and module.name == 'pool':
       x = x * aspp_cells[-1][:, None, None, None].astype(x.dtype)  # canvas mean -> valid mean
     out = next_fun(x, *args[1:], **kwargs)
-    if isinstance(module, deeplab.ASPP):
-      return _extend_edges(out, valid(out))
     if isinstance(module.parent, resnet.ResNet) and module.name == 'bn1':
       return mask(out)  # before ReLU and the stem's max pool
     return out
@@ -214,18 +278,36 @@ def _padding_interceptor(valid_hw, canvas):
   return interceptor
 
 
-def make_predict_fn(model, scales=(1.0,), flip=True, align=32):
+def _seg_to_image(seg, seg_hw, pass_hw, image_hw, canvas, image_size, flips, interpolation):
+  """One pass's segmentation logits -> softmax at the image (see the module docstring)."""
+  if interpolation == 'probs_bilinear':
+    return _resize(jax.nn.softmax(seg, axis=-1), seg_hw, image_hw, image_size, flips)
+  if interpolation == 'nearest':
+    return _resize_nearest2(jax.nn.softmax(seg, axis=-1), seg_hw, pass_hw, image_hw, image_size,
+                            flips)
+  if interpolation == 'bilinear':
+    logits = _resize(seg, seg_hw, pass_hw, canvas, jnp.zeros_like(flips))
+    return _resize(jax.nn.softmax(logits, axis=-1), pass_hw, image_hw, image_size, flips)
+  raise ValueError(f'config.infer.interpolation must be one of {INTERPOLATIONS}, '
+                   f'got {interpolation!r}')
+
+
+def make_predict_fn(model, scales=(1.0,), flip=True, align=32, interpolation='probs_bilinear'):
   """Returns jitted `predict(variables, images, valid_hw=None) -> dict(cam, seg, class_prob)`.
 
   images: float [B,H,W,3] normalised, each image's valid part top-left; valid_hw: int [B,2] its
   size (None: the whole array). align: canvas multiple, a multiple of the model's output stride.
-  cam: mean over passes of relu(CAM) resized to the image [B,H,W,C]; seg: mean softmax of the
-  segmentation head [B,H,W,C+1]; both zero past the valid size. class_prob: mean sigmoid of the
-  class logits [B,C]. See the module docstring for what padding does and does not change.
-  A network without a CAM (models.DeepLabNet, the multi-stage segmenter) gives seg only, and
-  class_prob = the max over the image of each class's mean softmax (METHOD.md section 5).
+  interpolation: how the segmentation head reaches the image (module docstring).
+  cam: mean over passes of relu(CAM) resized bilinearly to the image [B,H,W,C]; seg: mean softmax
+  of the segmentation head [B,H,W,C+1]; both zero past the valid size. class_prob: mean sigmoid
+  of the class logits [B,C]. A network without a CAM (models.DeepLabNet, the multi-stage
+  segmenter) gives seg only, and class_prob = the max over the image of each class's mean softmax
+  (METHOD.md section 5).
   """
   scales = tuple(float(s) for s in scales)
+  if interpolation not in INTERPOLATIONS:
+    raise ValueError(f'config.infer.interpolation must be one of {INTERPOLATIONS}, '
+                     f'got {interpolation!r}')
 
   @jax.jit
   def predict(variables, images, valid_hw=None):
@@ -240,7 +322,7 @@ def make_predict_fn(model, scales=(1.0,), flip=True, align=32):
     cams, segs, probs = 0.0, 0.0, 0.0
     for s in scales:
       canvas = (_canvas(hb, s, align), _canvas(wb, s, align))
-      hw_s = jnp.maximum(jnp.round(hw * s), 1).astype(jnp.int32)
+      hw_s = scaled_size(hw, s)
       xs = _resize(x, hw, hw_s, canvas, flips)
       with nn.intercept_methods(_padding_interceptor(hw_s, canvas)):
         out = model.apply(variables, xs, train=False)
@@ -251,7 +333,8 @@ def make_predict_fn(model, scales=(1.0,), flip=True, align=32):
         raise ValueError(f'canvas {canvas} is not a multiple of the output strides; '
                          f'align={align} must be a multiple of the output stride')
       # Back to the image, un-mirroring the flipped half on the way.
-      segs = segs + _resize(jax.nn.softmax(out['seg'], axis=-1), seg_hw, hw, (hb, wb), flips)
+      segs = segs + _seg_to_image(out['seg'], seg_hw, hw_s, hw, canvas, (hb, wb), flips,
+                                  interpolation)
       if has_cam:
         cam = out['cam'] * _rect_mask(cam_hw, out['cam'].shape[1:3])
         logits = cam.sum((1, 2)) / (cam_hw[:, :1] * cam_hw[:, 1:]).astype(jnp.float32)
@@ -270,23 +353,28 @@ def make_predict_fn(model, scales=(1.0,), flip=True, align=32):
   return predict
 
 
+def _normalise_images(images, mean, std):
+  """uint8 [B,H,W,3] -> the network's input, (x / 255 - mean) / std in float32 (the authors')."""
+  return (images.astype(jnp.float32) / 255.0 - mean) / std
+
+
 def make_infer_step(predict, mean, std, class_threshold=0.34, num_kept=None):
-  """Returns jitted `step(variables, images, valid_hw, labels) -> dict` of compact products.
+  """Returns jitted `step(variables, images, valid_hw, labels) -> dict` of per-image products.
 
   images: uint8 [B,H,W,3] padded; valid_hw int [B,2]; labels float [B,C] (classes kept: the
   image labels) or None (classes kept: mean probability >= class_threshold).
   Returns class_prob [B,C] and, with num_kept None (predictions): keep bool [B,C] and pred uint8
   [B,H,W] (argmax over background + kept classes); with num_kept = K (seeds): classes int32
-  [B,K] (the kept class indices in order, then -1) and uint8 [B,H,W,K] seeds of those classes,
-  `cam` (max-normalised CAM) and `seg` (max-normalised segmentation softmax).
+  [B,K] (the kept class indices in order, then -1) and float32 [B,H,W,K] seeds of those classes,
+  `cam` (max-normalised CAM) and `seg` (max-normalised segmentation softmax: the authors' seed).
+  Seeds stay float here; the host stores them (encode_seed) and hands the CRF what it stored.
   """
   mean = np.asarray(mean, np.float32)
   std = np.asarray(std, np.float32)
 
   @jax.jit
   def step(variables, images, valid_hw, labels):
-    x = (images.astype(jnp.float32) / 255.0 - mean) / std
-    out = predict(variables, x, valid_hw)
+    out = predict(variables, _normalise_images(images, mean, std), valid_hw)
     keep = keep_classes(out['class_prob'], labels, class_threshold)
     if num_kept is None:
       return dict(class_prob=out['class_prob'], keep=keep > 0,
@@ -296,7 +384,7 @@ def make_infer_step(predict, mean, std, class_threshold=0.34, num_kept=None):
     classes = jnp.where(jnp.take_along_axis(keep, order, axis=-1) > 0, order, -1)
 
     def take(scores):
-      return _quantize(jnp.take_along_axis(scores, order[:, None, None, :], axis=-1))
+      return jnp.take_along_axis(scores, order[:, None, None, :], axis=-1)
 
     return dict(class_prob=out['class_prob'], classes=classes.astype(jnp.int32),
                 cam=take(normalized_scores(out['cam'], keep)),
@@ -308,12 +396,13 @@ def make_infer_step(predict, mean, std, class_threshold=0.34, num_kept=None):
 def make_segmenter_step(predict, mean, std, class_threshold=0.05, max_classes=8):
   """Returns jitted `step(variables, images, valid_hw, labels) -> dict` for the segmenter.
 
-  The multi-stage prediction (METHOD.md section 5): classes whose max probability is at least
-  `class_threshold` are kept (at most `max_classes`, the most probable first); `pred` uint8
-  [B,H,W] is the argmax over background + kept classes; `classes` int32 [B,K] the kept class
-  indices (then -1) and `probs` uint8 [B,H,W,1+K] the softmax renormalised over background + those
-  classes (what the CRF takes as its unary). `labels` is ignored (the same call as
-  make_infer_step's, so run_split drives both).
+  The multi-stage prediction as the authors make it (infer_seg.py, then their CRF script): every
+  label, background included, whose mean softmax reaches `class_threshold` somewhere in the image
+  is kept (at most `max_classes`, the most probable first); `channels` int32 [B,K] are the kept
+  label ids (0 = background, c + 1 = class c; then -1) and `probs` float32 [B,H,W,K] their mean
+  softmax, not renormalised (the CRF's unary is -log of it). `pred` uint8 [B,H,W] is the argmax
+  over the kept labels (the product without CRF). class_prob [B,C]: each class's max
+  probability. `labels` is ignored (the same call as make_infer_step's, so run_split drives both).
   """
   mean = np.asarray(mean, np.float32)
   std = np.asarray(std, np.float32)
@@ -321,23 +410,34 @@ def make_segmenter_step(predict, mean, std, class_threshold=0.05, max_classes=8)
   @jax.jit
   def step(variables, images, valid_hw, labels):
     del labels
-    x = (images.astype(jnp.float32) / 255.0 - mean) / std
-    out = predict(variables, x, valid_hw)
-    seg, prob = out['seg'], out['class_prob']
-    keep = prob >= class_threshold
-    k = min(int(max_classes), prob.shape[-1])
-    order = jnp.argsort(jnp.where(keep, -prob, 1.0), axis=-1, stable=True)[:, :k]
+    out = predict(variables, _normalise_images(images, mean, std), valid_hw)
+    seg = out['seg']
+    peak = jnp.max(seg, axis=(1, 2))  # [B, C+1]; seg is zero past the valid size
+    keep = peak >= class_threshold
+    k = min(int(max_classes), seg.shape[-1])
+    order = jnp.argsort(jnp.where(keep, -peak, 1.0), axis=-1, stable=True)[:, :k]
     kept = jnp.take_along_axis(keep, order, axis=-1)
-    classes = jnp.where(kept, order, -1).astype(jnp.int32)
-    fg = jnp.take_along_axis(seg[..., 1:], order[:, None, None, :], axis=-1) * kept[:, None, None]
-    sub = jnp.concatenate([seg[..., :1], fg], axis=-1)
-    sub = sub / jnp.maximum(jnp.sum(sub, axis=-1, keepdims=True), 1e-12)
-    lut = jnp.concatenate([jnp.zeros_like(classes[:, :1]), classes + 1], axis=-1)
-    pred = jnp.take_along_axis(lut, jnp.argmax(sub, axis=-1).reshape(sub.shape[0], -1), axis=-1)
-    return dict(class_prob=prob, classes=classes, probs=_quantize(sub),
-                pred=pred.reshape(sub.shape[:3]).astype(jnp.uint8))
+    channels = jnp.where(kept, order, -1).astype(jnp.int32)
+    probs = jnp.take_along_axis(seg, order[:, None, None, :], axis=-1) * kept[:, None, None]
+    best = jnp.argmax(jnp.where(kept[:, None, None], probs, -1.0), axis=-1)
+    pred = jnp.take_along_axis(jnp.maximum(channels, 0), best.reshape(best.shape[0], -1), axis=-1)
+    return dict(class_prob=peak[:, 1:], channels=channels, probs=probs,
+                pred=pred.reshape(best.shape).astype(jnp.uint8))
 
   return step
+
+
+def step_from_config(config, model, num_kept=None, segmenter=False):
+  """The step a stage runs: make_infer_step (seeds with num_kept = K, else predictions) or, for
+  the multi-stage segmenter, make_segmenter_step; scales, flip, interpolation from config.infer."""
+  predict = make_predict_fn(model, config.infer.scales, config.infer.flip,
+                            align=config.model.output_stride,
+                            interpolation=config.infer.interpolation)
+  if segmenter:
+    return make_segmenter_step(predict, config.data.mean, config.data.std,
+                               config.infer.class_threshold, config.seg.max_classes)
+  return make_infer_step(predict, config.data.mean, config.data.std, config.infer.class_threshold,
+                         num_kept)
 
 
 # --- host side: buckets, batches, the loop -----------------------------------------------------
@@ -401,9 +501,9 @@ def _unpack(batch, outs):
     for name, out in outs.items():
       res = {'class_prob': out['class_prob'][j]}
       if 'probs' in out:  # the segmenter (make_segmenter_step)
-        k = int((out['classes'][j] >= 0).sum())
-        res['classes'] = out['classes'][j, :k]
-        res['probs'] = out['probs'][j, :h, :w, :1 + k]
+        k = int((out['channels'][j] >= 0).sum())
+        res['channels'] = out['channels'][j, :k]
+        res['probs'] = out['probs'][j, :h, :w, :k]
         res['pred'] = out['pred'][j, :h, :w]
       elif 'pred' in out:
         res['keep'] = np.flatnonzero(out['keep'][j])

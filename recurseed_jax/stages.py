@@ -10,6 +10,7 @@ imports tensorflow.
 import collections
 import concurrent.futures as cf
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -160,16 +161,8 @@ class _Inference:
 
   def step(self, num_kept):
     if num_kept not in self._steps:
-      cfg = self.run.config
-      predict = infer.make_predict_fn(self.model, cfg.infer.scales, cfg.infer.flip,
-                                      align=cfg.model.output_stride)
-      if self.segmenter:
-        self._steps[num_kept] = infer.make_segmenter_step(
-            predict, cfg.data.mean, cfg.data.std, cfg.infer.class_threshold,
-            cfg.seg.max_classes)
-      else:
-        self._steps[num_kept] = infer.make_infer_step(predict, cfg.data.mean, cfg.data.std,
-                                                      cfg.infer.class_threshold, num_kept)
+      self._steps[num_kept] = infer.step_from_config(self.run.config, self.model, num_kept,
+                                                     self.segmenter)
     return self._steps[num_kept]
 
   def run_split(self, names, split, indices, num_kept, desc):
@@ -183,8 +176,15 @@ class _Inference:
                                  prefetch=cfg.infer.prefetch, progress=bar)
 
 
-def _crf_item(image_id, image, scores, classes, bg_power):
-  return image_id, image, infer.host_seed(scores, bg_power), np.asarray(classes, np.int64) + 1
+def _crf_image(config, image):
+  return crf_lib.crf_image(image, config.crf.image, config.data.mean, config.data.std)
+
+
+def _crf_item(config, image_id, image, scores, classes):
+  """A stored seed's CRF item: the CRF image, background + kept classes, their label ids."""
+  labels = np.concatenate([[0], np.asarray(classes, np.int64) + 1])
+  return (image_id, _crf_image(config, image), infer.host_seed(scores, config.infer.bg_power),
+          labels)
 
 
 def _load_seed(run, image_id):
@@ -220,15 +220,18 @@ def _seeds_pipeline(run, with_crf):
       if cfg.train.cam_baseline:
         names['cam'] = 'cam_baseline'
       num_kept = max(1, int((train.labels[todo] > 0).sum(axis=1).max()))
+      enc = functools.partial(infer.encode_seed, dtype=cfg.infer.seed_dtype)
       for i, image, out in engine.run_split(names, train, todo, num_kept, 'seeds'):
         image_id = train.ids[i]
         rs = out['rs']
-        arrays = dict(classes=rs['classes'].astype(np.uint8), rs=rs['seg'], rs_cam=rs['cam'])
+        arrays = dict(classes=rs['classes'].astype(np.uint8), rs=enc(rs['seg']),
+                      rs_cam=enc(rs['cam']))
         if 'cam' in out:
-          arrays['cam'] = out['cam']['cam']
+          arrays['cam'] = enc(out['cam']['cam'])
         writer.submit(io_utils.save_npz_compressed, _seed_path(run, image_id), **arrays)
         if with_crf and not os.path.exists(_mask_path(run, image_id)):
-          yield _crf_item(image_id, image, arrays['rs'], arrays['classes'], cfg.infer.bg_power)
+          # What was stored, not the float seed: a CRF resumed from disk gives the same masks.
+          yield _crf_item(cfg, image_id, image, arrays['rs'], arrays['classes'])
     for split_name, names in _prediction_targets(run):
       if split_name == 'test':  # only some datasets have one
         split, _ = _split_or_none(run, split_name)
@@ -254,7 +257,7 @@ def _seeds_pipeline(run, with_crf):
     for i, image_id in enumerate(train.ids):
       if i not in done and not os.path.exists(_mask_path(run, image_id)):
         seed = _load_seed(run, image_id)
-        yield _crf_item(image_id, train.image(i), seed['rs'], seed['classes'], cfg.infer.bg_power)
+        yield _crf_item(cfg, image_id, train.image(i), seed['rs'], seed['classes'])
 
 
 def _prediction_targets(run):
@@ -292,8 +295,7 @@ def stage_crf(run):
   def items():
     for i in todo:
       seed = _load_seed(run, train.ids[i])
-      yield _crf_item(train.ids[i], train.image(i), seed['rs'], seed['classes'],
-                      cfg.infer.bg_power)
+      yield _crf_item(cfg, train.ids[i], train.image(i), seed['rs'], seed['classes'])
 
   return crf_lib.run_crf(items(), run.path('pseudo_masks'), **_crf_kwargs(run, len(todo)))
 
@@ -351,8 +353,7 @@ def stage_predict(run):
           raw = os.path.join(raw_dir, f'{image_id}.png')
           if not os.path.exists(raw):
             writer.submit(io_utils.save_palette_png, raw, res['pred'])
-          yield (image_id, image, infer.dequantize(res['probs']),
-                 np.asarray(res['classes'], np.int64) + 1)
+          yield image_id, _crf_image(cfg, image), res['probs'], res['channels']
 
     crf_lib.run_crf(items(), crf_dir, **_crf_kwargs(prun, len(todo), f'crf {split_name}'))
 

@@ -1,5 +1,7 @@
 """Config validation before any compute: every error names the config key and what to do."""
 
+from recurseed_jax import crf
+from recurseed_jax import infer
 from recurseed_jax import multistage
 from recurseed_jax.method.mix import MIX_KINDS
 from recurseed_jax.models import resnet
@@ -118,6 +120,7 @@ def _validate_segmenter(config):
                      f'{seg.model.output_stride}')
   if seg.train.steps < 0 or seg.train.batch_size <= 0:
     raise ValueError('config.seg.train.steps must be >= 0 and config.seg.train.batch_size positive')
+  _choice(seg.infer.interpolation, 'seg.infer.interpolation', infer.INTERPOLATIONS)
   if config.seg.max_classes <= 0:
     raise ValueError(f'config.seg.max_classes={config.seg.max_classes} must be positive')
 
@@ -199,3 +202,6 @@ def _validate_inference(config):
   if int(config.export.num_overlays) < 0:
     raise ValueError(f'config.export.num_overlays={config.export.num_overlays} must be >= 0')
   _choice(config.export.get('mask_format', 'palette'), 'export.mask_format', ('palette', 'gray'))
+  _choice(config.infer.interpolation, 'infer.interpolation', infer.INTERPOLATIONS)
+  _choice(config.infer.seed_dtype, 'infer.seed_dtype', infer.SEED_DTYPES)
+  _choice(config.crf.image, 'crf.image', crf.IMAGE_MODES)

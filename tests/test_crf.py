@@ -9,6 +9,7 @@ import time
 
 import ml_collections
 import numpy as np
+import pydensecrf.densecrf as dcrf
 import pytest
 
 from recurseed_jax import crf
@@ -53,32 +54,75 @@ def test_dense_crf_beats_unary_argmax():
   before = _miou(probs.argmax(-1), gt, 3)
   after = _miou(q.argmax(-1), gt, 3)
   assert after > before + 0.1 and after > 0.95, (before, after)
-  # Unnormalised scores and exact zeros are fine (normalised and clipped inside).
+  # Unnormalised scores and exact zeros are fine (clipped inside).
   scaled = crf.dense_crf(image, 5.0 * probs * (probs > 0.3), **PARAMS)
   assert np.all(np.isfinite(scaled))
 
 
-def test_crf_label_map_keys():
+def test_dense_crf_is_the_authors_unary_and_kernels():
+  """The authors' DenseCRF (core/refinements/densecrf.py), re-derived: unary_from_softmax of the
+  scores as given (clip 1e-5, no renormalisation), Gaussian then bilateral kernel, argmax."""
+  from pydensecrf import utils  # pylint: disable=g-import-not-at-top
+  image, probs, _ = _scene(3)
+  probs = (probs / probs.sum(-1, keepdims=True)).astype(np.float32)
+  probs[:5] = 0.0  # exact zeros: the 1e-5 clip decides these rows
+  probs[5:10, :, 0] *= 1e-4
+  h, w, n = probs.shape
+  d = dcrf.DenseCRF2D(w, h, n)
+  d.setUnaryEnergy(np.ascontiguousarray(utils.unary_from_softmax(probs.transpose(2, 0, 1))))
+  d.addPairwiseGaussian(sxy=PARAMS['pos_xy_std'], compat=PARAMS['pos_weight'])
+  d.addPairwiseBilateral(sxy=PARAMS['bi_xy_std'], srgb=PARAMS['bi_rgb_std'],
+                         rgbim=np.ascontiguousarray(image), compat=PARAMS['bi_weight'])
+  ref = np.asarray(d.inference(PARAMS['iterations']), np.float32).reshape(n, h, w)
+  ours = crf.dense_crf(image, probs, **PARAMS)
+  np.testing.assert_allclose(ours.transpose(2, 0, 1), ref, rtol=1e-6, atol=1e-7)
+
+
+def test_crf_image_denormalized_as_the_authors():
+  """Their CRF image: Normalize (float32 (x / 255 - m) / s) then Denormalize (float64, truncated)."""
+  rng = np.random.default_rng(4)
+  image = rng.integers(0, 256, (9, 11, 3), dtype=np.uint8)
+  image[0, 0] = [0, 128, 255]
+  mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+  ref = np.zeros_like(image)
+  for idx in np.ndindex(image.shape[:2]):
+    for c in range(3):
+      norm = (np.float32(image[idx][c]) / np.float32(255.0) - np.float32(mean[c])) / np.float32(
+          std[c])  # float32, as their numpy Normalize
+      ref[idx][c] = int((float(norm) * std[c] + mean[c]) * 255.0)  # int() truncates
+  out = crf.crf_image(image, 'denormalized', mean, std)
+  np.testing.assert_array_equal(out, ref)
+  assert (out.astype(int) - image).min() >= -1 and (out < image).mean() > 0.2  # a level darker
+  np.testing.assert_array_equal(crf.crf_image(image, 'decoded'), image)
+  with pytest.raises(ValueError, match='crf.image'):
+    crf.crf_image(image, 'raw')
+
+
+def test_crf_label_map_labels():
   image, probs, gt = _scene()
-  keys = np.array([7, 15])
-  out = crf.crf_label_map(image, probs, keys, **PARAMS)
+  labels = np.array([0, 7, 15])
+  out = crf.crf_label_map(image, probs, labels, **PARAMS)
   assert out.dtype == np.uint8 and out.shape == gt.shape
   assert set(np.unique(out).tolist()) <= {0, 7, 15}
-  lut = np.array([0, 7, 15])
-  assert (out == lut[gt]).mean() > 0.97
-  empty = crf.crf_label_map(image, probs[..., :1], np.zeros([0], np.int64), **PARAMS)
-  assert empty.shape == gt.shape and not empty.any()
-  with pytest.raises(ValueError, match='1 \\+ K'):
+  assert (out == labels[gt]).mean() > 0.97
+  # Fewer than two labels: all background without a CRF (the authors' rule), even a class.
+  for single in ([0], [7], []):
+    empty = crf.crf_label_map(image, probs[..., :len(single)], single, **PARAMS)
+    assert empty.shape == gt.shape and not empty.any()
+  # Background need not be a label (the segmenter keeps only labels above its threshold).
+  out = crf.crf_label_map(image, probs[..., 1:], [7, 15], **PARAMS)
+  assert set(np.unique(out).tolist()) <= {7, 15}
+  with pytest.raises(ValueError, match='L = 1 labels'):
     crf.crf_label_map(image, probs, [3], **PARAMS)
 
 
 def _items(n, bad=None):
   for i in range(n):
     image, probs, _ = _scene(seed=i, h=24, w=32)
-    keys = [i % 20 + 1, 20 - i % 20]
+    labels = [0, i % 20 + 1, 20 - i % 20]
     if i == bad:
       probs = probs[..., :2]  # wrong channel count -> ValueError inside the worker
-    yield f'img_{i:03d}', image, probs.astype(np.float32), keys
+    yield f'img_{i:03d}', image, probs.astype(np.float32), labels
 
 
 def _tmp_files(folder):

@@ -79,25 +79,30 @@ def test_segmenter_step_matches_numpy_and_ignores_padding():
   np.testing.assert_allclose(out['class_prob'][0], seg[..., 1:].max(axis=(0, 1)), rtol=1e-6)
   np.testing.assert_allclose(seg.sum(-1), 1.0, rtol=1e-5)
 
-  threshold = float(np.sort(out['class_prob'][0])[1])  # keeps the 3 most probable classes
+  peak = seg.max(axis=(0, 1))  # [C + 1]: background is a label like the others
+  threshold = float(np.sort(peak)[-3])  # keeps the 3 labels of largest peak
   step = infer.make_segmenter_step(predict, cfg.data.mean, cfg.data.std, threshold,
                                    max_classes=2)
   # The same image padded into a larger bucket: results cropped back are the unpadded ones.
   padded = np.zeros((2, 48, 32, 3), np.uint8)
   padded[0, :40, :24] = image[0]
   res = jax.device_get(step(variables, padded, np.array([[40, 24], [48, 32]], np.int32), None))
-  order = np.argsort(-out['class_prob'][0], kind='stable')
-  np.testing.assert_array_equal(res['classes'][0], order[:2])  # at most 2, most probable first
-  sub = np.concatenate([seg[..., :1], seg[..., 1:][..., order[:2]]], axis=-1)
-  sub /= sub.sum(-1, keepdims=True)
-  np.testing.assert_allclose(res['probs'][0, :40, :24] / 255.0, sub, atol=3e-3)
-  lut = np.concatenate([[0], order[:2] + 1])
-  agree = res['pred'][0, :40, :24] == lut[sub.argmax(-1)]
+  order = np.argsort(-peak, kind='stable')
+  np.testing.assert_array_equal(res['channels'][0], order[:2])  # at most 2, largest peak first
+  # The kept labels' mean softmax as it is (the authors' CRF takes -log of it, unnormalised).
+  np.testing.assert_allclose(res['probs'][0, :40, :24], seg[..., order[:2]], rtol=1e-4,
+                             atol=1e-6)
+  agree = res['pred'][0, :40, :24] == order[:2][seg[..., order[:2]].argmax(-1)]
   assert agree.mean() > 0.99  # ties within float noise may differ
+  # A threshold nothing reaches keeps no label: no channel, prediction all background.
+  none = jax.device_get(infer.make_segmenter_step(predict, cfg.data.mean, cfg.data.std, 1.01)(
+      variables, padded, np.array([[40, 24], [48, 32]], np.int32), None))
+  assert (none['channels'] == -1).all() and not none['pred'].any()
   products = list(infer._unpack(dict(indices=[7], valid_hw=np.array([[40, 24]]),
                                      images=padded[:1]), {'seg': res}))
   (i, _, per), = products
-  assert i == 7 and per['seg']['probs'].shape == (40, 24, 3) and per['seg']['pred'].shape == (40, 24)
+  assert i == 7 and per['seg']['probs'].shape == (40, 24, 2) and per['seg']['pred'].shape == (40, 24)
+  np.testing.assert_array_equal(per['seg']['channels'], order[:2])
 
 
 def test_seg_supervision_step_learns_the_masks():

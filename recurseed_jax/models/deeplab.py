@@ -6,7 +6,8 @@ Parameter names (all convs bias-free except in DeepLabV2Head):
 |-------------------|---------------------------------------------------------------------|
 | ASPP              | branch0 (1x1), branch1..3 (3x3 dilated), pool (image pooling 1x1),   |
 |                   | project (1x1 fuse); each a ConvBNReLU with children conv, bn        |
-| DeepLabV3PlusHead | aspp, reduce (low-level 1x1), fuse1, fuse2 (3x3), classifier (3x3)  |
+| DeepLabV3PlusHead | aspp, reduce (low-level 1x1), fuse1, fuse2 (3x3), classifier (3x3); |
+|                   | upsample (Resize of the ASPP output, no parameters)                 |
 | DeepLabV2Head     | conv0..conv3 (3x3 dilated, with bias)                                |
 
 They map one to one onto the RS+EPM authors' ASPP_For_DeepLabv3 / Decoder / ASPP_For_DeepLabv2
@@ -33,6 +34,15 @@ def resize_bilinear(x: jnp.ndarray, size: Tuple[int, int]) -> jnp.ndarray:
     return x
   return jax.image.resize(x, (x.shape[0], size[0], size[1], x.shape[-1]), 'bilinear',
                           antialias=False)
+
+
+class Resize(nn.Module):
+  """Bilinear resize to `size` as a module without parameters: padded-batch inference
+  (recurseed_jax/infer.py) intercepts it to resize each image's valid cells only."""
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, size: Tuple[int, int]) -> jnp.ndarray:
+    return resize_bilinear(x, size)
 
 
 class ConvBNReLU(nn.Module):
@@ -94,7 +104,7 @@ class DeepLabV3PlusHead(nn.Module):
              self.bn_axis_name, name='aspp')(high, train)
     low = ConvBNReLU(self.low_level_channels, 1, 1, self.dtype, self.bn_axis_name,
                      name='reduce')(low, train)
-    y = resize_bilinear(y, low.shape[1:3]).astype(low.dtype)
+    y = Resize(name='upsample')(y, tuple(low.shape[1:3])).astype(low.dtype)
     y = jnp.concatenate([y, low], axis=-1)
     for i, rate in enumerate(self.decoder_dropout):
       y = ConvBNReLU(self.decoder_channels, 3, 1, self.dtype, self.bn_axis_name,
