@@ -28,8 +28,58 @@ FLAGS = flags.FLAGS
 
 
 def _fail(message):
-  print(f'error: {message}', file=sys.stderr)
-  sys.exit(2)
+  from recurseed_jax import cli  # fast --help
+  cli.fail(message)
+
+
+def _config_path(argv):
+  """The --config file of argv (its :argument dropped), or the default."""
+  path = None
+  for i, arg in enumerate(argv[1:], 1):
+    if arg.startswith('--config='):
+      path = arg[len('--config='):]
+    elif arg == '--config' and i + 1 < len(argv):
+      path = argv[i + 1]
+  return (path or os.path.join(_HERE, 'configs', 'default.py')).split(':')[0]
+
+
+def _check_overrides(argv):
+  """Each --config.<key>=... must name a field: one line with the nearest one otherwise.
+
+  ml_collections would end a typo in a 50-line traceback; this loads the config file once more,
+  before flag parsing, only to look the keys up.
+  """
+  keys = [a[2:].split('=', 1)[0][len('config.'):] for a in argv[1:]
+          if a.startswith('--config.')]
+  if not keys:
+    return
+  import importlib.util
+  path = _config_path(argv)
+  spec = importlib.util.spec_from_file_location('_checked_config', path)
+  if spec is None or not os.path.exists(path):
+    return  # config_flags reports a missing file itself
+  module = importlib.util.module_from_spec(spec)
+  sys.path.insert(0, _HERE)  # configs import each other as `configs.<name>`
+  try:
+    spec.loader.exec_module(module)
+    config = module.get_config()
+  finally:
+    sys.path.remove(_HERE)
+  from recurseed_jax import config_lib
+  try:
+    config_lib.check_flag_keys(config_lib.complete(config), keys)
+  except config_lib.ConfigError as e:
+    _fail(str(e))
+
+
+def _parse_flags(argv):
+  _check_overrides(argv)
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    _fail(str(e))
+  except (AttributeError, KeyError, TypeError, ValueError) as e:  # a bad --config.<key> value
+    _fail(' '.join(str(e).strip('\'"').split()))
 
 
 def _check_workdir(workdir):
@@ -51,12 +101,12 @@ def main(argv):
   if hasattr(sys.stdout, 'reconfigure'):
     sys.stdout.reconfigure(errors='backslashreplace')
   # Imported here so that --help and flag errors stay fast.
+  from recurseed_jax import config_lib
   from recurseed_jax import stages as stages_lib
-  from recurseed_jax import validate
   config = FLAGS.config
   try:
+    config_lib.load(config)  # completed from configs/default.py once, then validated
     names = stages_lib.parse_stages(FLAGS.stages or config.stages)
-    validate.validate(config)
   except ValueError as e:
     _fail(str(e))
   from recurseed_jax import parallel
@@ -64,8 +114,7 @@ def main(argv):
   try:
     parallel.check_batch_size(config.train.batch_size, parallel.make_mesh())
     if 'train_seg' in names:  # the segmenter's own batch, before RecurSeed trains for days
-      from recurseed_jax import multistage  # pylint: disable=g-import-not-at-top
-      parallel.check_batch_size(multistage.seg_config(config).train.batch_size,
+      parallel.check_batch_size(config_lib.segmenter_config(config).train.batch_size,
                                 parallel.make_mesh(), key='seg.train.batch_size')
   except ValueError as e:
     _fail(str(e))
@@ -73,8 +122,7 @@ def main(argv):
   local = jax.local_device_count()
   infer_batches = {'infer.batch_size': config.infer.batch_size}
   if 'predict' in names:
-    from recurseed_jax import multistage  # pylint: disable=g-import-not-at-top
-    infer_batches['seg.infer.batch_size'] = multistage.predict_config(config).infer.batch_size
+    infer_batches['seg.infer.batch_size'] = config_lib.predict_config(config).infer.batch_size
   for key, batch in infer_batches.items():
     if batch % local:  # inference shards over this host's devices
       _fail(f'config.{key}={batch} must be a multiple of the {local} local devices (each takes '
@@ -88,6 +136,7 @@ def main(argv):
 def _lock_workdir(workdir):
   """The workdir's lock (process 0 only, see workdir_lock.py); stale temp files removed."""
   import jax
+
   from recurseed_jax import io_utils
   from recurseed_jax import workdir_lock
   if jax.process_index() != 0:
@@ -122,16 +171,17 @@ def _run(config, names, workdir):
     data = datasets.build(config, workdir)
   except (ValueError, FileNotFoundError) as e:
     _fail(str(e))
-  run = stages_lib.Run(config=config, workdir=workdir, data=data, class_names=data.class_names)
+  ctx = stages_lib.Context(config=config, workdir=workdir, data=data,
+                           class_names=tuple(data.class_names))
   from recurseed_jax import train as train_lib
   try:
-    if config.get('ablation'):  # configs/synthetic_ablation.py: every variant, then the table
-      from recurseed_jax import ablation  # pylint: disable=g-import-not-at-top
+    if 'ablation' in config:  # configs/synthetic_ablation.py: every variant, then the table
+      from recurseed_jax import ablation
       print(ablation.run(config, workdir, data, names, command=' '.join(sys.argv)))
       print(f'ablation: {os.path.join(workdir, "ablation.md")}, '
             f'{os.path.join(workdir, "ablation_seed_miou.png")}')
       return
-    summary = stages_lib.run_stages(run, names)
+    summary = stages_lib.run_stages(ctx, names)
   except train_lib.Interrupted as e:  # SIGTERM / SIGINT: saved; the same command resumes
     print(str(e), file=sys.stderr)
     sys.exit(128 + e.signum)
@@ -145,5 +195,10 @@ def _run(config, names, workdir):
     print(f'summary: {os.path.join(workdir, "summary.json")}')
 
 
+def run():
+  """The `recurseed` command (pyproject.toml): the same as `python launch.py`."""
+  app.run(main, flags_parser=_parse_flags)
+
+
 if __name__ == '__main__':
-  app.run(main)
+  run()

@@ -18,8 +18,8 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configs import default  # pylint: disable=g-import-not-at-top,wrong-import-position
-from recurseed_jax import crf  # pylint: disable=g-import-not-at-top,wrong-import-position
+from configs import default
+from recurseed_jax import crf
 
 VOC_TRAIN_AUG = 10582
 

@@ -59,7 +59,6 @@ def _parse(argv=None):
 
 
 def _modules():
-  # pylint: disable=g-import-not-at-top
   import jax
   import jax.numpy as jnp
   import numpy as np

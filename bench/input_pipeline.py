@@ -21,9 +21,9 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from configs import voc12_rs50  # pylint: disable=g-import-not-at-top,wrong-import-position
-from data_pipeline import datasets  # pylint: disable=g-import-not-at-top,wrong-import-position
-from data_pipeline import voc  # pylint: disable=g-import-not-at-top,wrong-import-position
+from configs import voc12_rs50
+from data_pipeline import datasets
+from data_pipeline import voc
 
 
 def make_tree(root, n, seed=0):

@@ -24,7 +24,7 @@ _TESTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 if _TESTS not in sys.path:
   sys.path.append(_TESTS)
 
-import torch_reference  # pylint: disable=g-import-not-at-top,wrong-import-position
+import torch_reference
 
 IGNORE = 255
 
@@ -203,7 +203,7 @@ def cam_loss(cam, seg_probs, labels, kind='l1'):
 
 
 def supervised_losses(config, out, hard, labels, crop):
-  """cls + cam + seg of one forward pass (train._supervised_losses)."""
+  """cls + cam + seg of one forward pass (objectives.supervised_losses)."""
   cls = multilabel_soft_margin(out['logits'], labels)
   seg = seg_cross_entropy(resize(out['seg'], crop), hard)
   seg_probs = torch.softmax(out['seg'], dim=1)[:, 1:]
@@ -213,7 +213,7 @@ def supervised_losses(config, out, hard, labels, crop):
 
 
 def make_seed(config, out, labels, valid, step, crop):
-  """train.make_seed: (soft seed [B, C, H, W] at the crop, hard labels [B, H, W])."""
+  """objectives.seed_of: (soft seed [B, C, H, W] at the crop, hard labels [B, H, W])."""
   stride = config.rs.refine_stride
   size = (crop[0] // stride, crop[1] // stride)
   cam = out['cam'].detach().float()
@@ -247,7 +247,7 @@ def build_model(model_config, num_classes):
       feature_size=c.aspp_channels, low_channels=c.low_level_channels,
       aspp_rates=tuple(c.aspp_rates), width=c.width, aspp_dropout=c.aspp_dropout,
       decoder_dropout=tuple(c.decoder_dropout),
-      dilation_scheme=c.get('dilation_scheme', 'uniform'))
+      dilation_scheme=c.dilation_scheme)
 
 
 def make_optimizer(model, optim_config, device):

@@ -82,11 +82,11 @@ def parse_args(argv=None):
   p.add_argument('--mix', action=argparse.BooleanOptionalAction, default=True,
                  help='CertainMix and the second forward (on by default)')
   p.add_argument('--frameworks', default='jax,torch')
-  p.add_argument('--num_classes', type=int, default=0, help='0: the config\'s (VOC: 20)')
+  p.add_argument('--num_classes', type=int, default=0, help="0: the config's (VOC: 20)")
   p.add_argument('--refine', default='scg', choices=('scg', 'none'))
   p.add_argument('--refine_stride', type=int, default=0, help='0: the output stride')
   p.add_argument('--peak_tflops', type=float, default=0.0,
-                 help='the device\'s peak for MFU (0: from the table by device name)')
+                 help="the device's peak for MFU (0: from the table by device name)")
   p.add_argument('--worker', default='', help=argparse.SUPPRESS)
   p.add_argument('--result_file', default='', help=argparse.SUPPRESS)
   args = p.parse_args(argv)
@@ -96,17 +96,17 @@ def parse_args(argv=None):
     p.error(f'--frameworks must list some of {FRAMEWORKS}, got {args.frameworks!r}')
   args.frameworks = frameworks
   if args.crop % 32:
-    p.error(f'--crop={args.crop} must be a multiple of 32 (the network\'s largest stride)')
+    p.error(f"--crop={args.crop} must be a multiple of 32 (the network's largest stride)")
   return args
 
 
 def make_config(args):
   """The benchmarked config: the real network at the bench's crop, batch and dtype."""
   if args.backbone == 'tiny':
-    from configs import default  # pylint: disable=g-import-not-at-top
+    from configs import default
     c = default.get_config()
   else:
-    from configs import voc12_rs50  # pylint: disable=g-import-not-at-top
+    from configs import voc12_rs50
     c = voc12_rs50.get_config()
     if args.backbone == 'resnet101':
       c.model.stage_sizes = (3, 4, 23, 3)
@@ -164,7 +164,7 @@ class HostMemory:
 
   def reset_peak(self):
     try:  # hand the heap the compiler freed back to the OS, so RSS shows live memory only
-      import ctypes  # pylint: disable=g-import-not-at-top
+      import ctypes
       ctypes.CDLL('libc.so.6').malloc_trim(0)
     except (OSError, AttributeError):
       pass
@@ -246,8 +246,9 @@ def count_flops(jaxpr):
 def run_jax(args):
   """Compiles and times the jitted step; returns the result dict."""
   mem = HostMemory()
-  import jax  # pylint: disable=g-import-not-at-top
-  from recurseed_jax import train  # pylint: disable=g-import-not-at-top
+  import jax
+
+  from recurseed_jax import train
 
   config = make_config(args)
   num_classes = num_classes_of(args, config)
@@ -278,14 +279,14 @@ def run_jax(args):
     m = compiled.memory_analysis()
     xla_mib = (m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes +
                m.temp_size_in_bytes) / 2**20
-  except Exception:  # pylint: disable=broad-except
+  except Exception:
     pass
   xla_flops = None
   try:
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     xla_flops = float(cost['flops']) if cost and 'flops' in cost else None
-  except Exception:  # pylint: disable=broad-except
+  except Exception:
     pass  # not every backend reports a cost analysis
 
   t = time.perf_counter()
@@ -318,8 +319,9 @@ def run_jax(args):
 def run_torch(args, use_cuda):
   """Times the eager step; returns the result dict."""
   mem = HostMemory()
-  import torch  # pylint: disable=g-import-not-at-top
-  from bench import torch_step  # pylint: disable=g-import-not-at-top
+  import torch
+
+  from bench import torch_step
 
   config = make_config(args)
   num_classes = num_classes_of(args, config)
@@ -364,7 +366,7 @@ def worker_main(args):
   if args.worker == 'jax':
     result = run_jax(args)
   else:
-    import torch  # pylint: disable=g-import-not-at-top
+    import torch
     result = run_torch(args, use_cuda=torch.cuda.is_available())
   with open(args.result_file, 'w') as f:
     json.dump(result, f)

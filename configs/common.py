@@ -100,11 +100,11 @@ def multistage(c, head, num_train, epochs=None, steps=None):
   """Adds the multi-stage segmenter (config.seg) to a single-stage config `c`, in place.
 
   `head` 'v3plus' or 'v2'. The RecurSeed stages stay those of `c`; the segmenter is a ResNet-101
-  DeepLab from ImageNet weights trained on the CRF pseudo masks (v3+ at output stride 16, predicting
-  at 8 with its ASPP rates doubled; v2 at 8 throughout), scales + flip, classes at max probability >= 0.05, the same CRF (METHOD.md
-  sections 1 and 5). The authors never released this training, so its recipe is the public one of
-  each head (SEGMENTER_RECIPES, with sources); the schedule is `epochs` over `num_train` images or
-  `steps` (default: the recipe's).
+  DeepLab from ImageNet weights trained on the CRF pseudo masks (v3+ at output stride 16,
+  predicting at 8 with its ASPP rates doubled; v2 at 8 throughout), scales + flip, labels at max
+  probability >= 0.05, the same CRF (METHOD.md sections 1 and 5). The authors never released
+  this training, so its recipe is the public one of each head (SEGMENTER_RECIPES, with sources);
+  the schedule is `epochs` over `num_train` images or `steps` (default: the recipe's).
   """
   c.stages = 'train_rs,seeds,crf,train_seg,predict,evaluate,export'
   s = c.seg

@@ -36,12 +36,13 @@ def get_config():
   c.data.image_size = 64            # synthetic images are square
   c.data.num_train = 1200
   c.data.num_val = 200
-  c.data.seed = 1234                # the dataset is a pure function of this seed and the fields above
+  c.data.seed = 1234                # the dataset: a pure function of this seed and the fields above
   c.data.crop_size = 64             # random crop after rescale, padded with 0 (image) / 255 (mask)
   c.data.scale_range = (0.8, 1.25)  # random rescale factor; None when long_side is set
   c.data.long_side = config_dict.placeholder(tuple)  # (lo, hi) px of the long side (VOC: 320-640)
   c.data.flip = True
-  c.data.color_jitter = (0.0, 0.0, 0.0, 0.0)  # brightness, contrast, saturation, hue (VOC: .3,.3,.3,.1)
+  # Brightness, contrast, saturation, hue (VOC: .3, .3, .3, .1).
+  c.data.color_jitter = (0.0, 0.0, 0.0, 0.0)
   c.data.mean = (0.485, 0.456, 0.406)  # ImageNet normalisation, images in [0, 1]
   c.data.std = (0.229, 0.224, 0.225)
   c.data.shuffle_buffer = 2048
@@ -50,7 +51,7 @@ def get_config():
   c.model = ml_collections.ConfigDict()
   c.model.stage_sizes = (1, 1, 1, 1)  # ResNet-50: (3, 4, 6, 3); ResNet-101: (3, 4, 23, 3)
   c.model.width = 16                  # channels of the stem; ResNet-50/101: 64
-  c.model.output_stride = 8           # 16 for single-stage training on VOC; 8 at multi-stage inference
+  c.model.output_stride = 8           # 16 for single-stage training on VOC; 8 multi-stage inference
   c.model.aspp_channels = 64          # 256 for the full model
   c.model.aspp_rates = (1, 2, 3)      # (6, 12, 18) at OS16, (12, 24, 36) at OS8 on 512 crops
   c.model.low_level_channels = 16     # 48 in DeepLabv3+; 256 in the authors' RecurSeed network
@@ -73,8 +74,8 @@ def get_config():
 
   # --- RecurSeed (METHOD.md section 2) ----------------------------------------------------------
   c.rs = ml_collections.ConfigDict()
-  c.rs.cam_only_steps = 300          # seeds come from the CAM before this step, from the seg head after
-  c.rs.seed_mix = 0.0                # after the switch: seed = (1 - mix) * seg seed + mix * CAM seed
+  c.rs.cam_only_steps = 300          # seeds from the CAM before this step, from the seg head after
+  c.rs.seed_mix = 0.0                # after the switch: seed = (1 - mix) * seg seed + mix * CAM
   c.rs.refine = 'scg'                # 'scg' | 'pamr' | 'none'
   c.rs.refine_stride = 4             # resolution (crop / stride) at which seeds are refined
   c.rs.certain = 0.55                # best foreground score >= certain -> that class
@@ -103,8 +104,8 @@ def get_config():
   c.mix = ml_collections.ConfigDict()
   c.mix.kind = 'certainmix'          # 'certainmix' | 'classmix' | 'edgepredictmix' | 'none'
   c.mix.start_step = 400
-  c.mix.class_prob = 0.5             # each present class of the pasted image is pasted with this prob.
-  c.mix.min_area = 0.01              # a class keeps its image label while it covers this pixel fraction
+  c.mix.class_prob = 0.5             # each present class of the pasted image is pasted w.p. this
+  c.mix.min_area = 0.01              # a class keeps its image label while it covers this fraction
   # EdgePredictMix only (our reconstruction, mix.py): near the paste boundary, pixels with a
   # seed edge nearby are ignored. Edge pixel: max |p(x) - p(n)| over the bg + class
   # probabilities and the pixels n edge_distance away along each axis >= edge_threshold.
@@ -115,7 +116,7 @@ def get_config():
   # --- optimisation (METHOD.md section 4) -------------------------------------------------------
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 0.1
-  c.optim.head_lr_mult = 1.0         # 10 on VOC (new heads on a pretrained backbone); 1 from scratch
+  c.optim.head_lr_mult = 1.0         # 10 on VOC (new heads, pretrained backbone); 1 from scratch
   c.optim.momentum = 0.9
   c.optim.nesterov = True
   c.optim.weight_decay = 1e-4        # not on biases nor BatchNorm

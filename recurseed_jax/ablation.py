@@ -1,7 +1,7 @@
 """The ablation: RecurSeed variants trained and scored side by side, a table and a plot.
 
 `config.ablation.variants` maps a variant name to (title, overrides): each variant is the run's
-config with its overrides (a nested mapping, config_overrides.derive), run through
+config with its overrides (a nested mapping; config_lib.ablation_variants), run through
 `config.stages` in `<workdir>/<name>`, every stage resumable as in a normal run. A variant whose
 config trains the plain-CAM baseline or the fully supervised upper bound beside it gives their
 rows too. Then `<workdir>/ablation.md` (the table) and `<workdir>/ablation_seed_miou.png` (the
@@ -11,30 +11,13 @@ training seed's mIoU over the steps, from each run's metrics.jsonl `seed_miou`).
 import json
 import os
 
-from recurseed_jax import config_overrides
+from recurseed_jax import config_lib
 from recurseed_jax import io_utils
 from recurseed_jax import stages as stages_lib
 
 # Rows a variant's workdir can give: (run subfolder, summary key of its seed, of its val score).
 _TWINS = (('cam_baseline', 'CAM only (plain-CAM baseline)', 'cam_seed_miou', None),
           ('upper_bound', 'fully supervised upper bound', None, 'upper_bound_val_miou'))
-
-
-def variant_configs(config):
-  """[(name, title, config)] of config.ablation.variants, in config.ablation.order (then the rest)."""
-  variants = config.ablation.variants
-  order = list(config.ablation.get('order', ()))
-  unknown = [n for n in order if n not in variants]
-  if unknown:
-    raise ValueError(f'config.ablation.order names {unknown[0]!r}, which is not a variant; '
-                     f'variants: {", ".join(variants)}')
-  out = []
-  for name in order + sorted(n for n in variants if n not in order):
-    spec = variants[name]
-    title, fields = spec['title'], spec.get('overrides', {})
-    out.append((name, title, config_overrides.derive(config, fields,
-                                                     f'config.ablation.variants.{name}')))
-  return out
 
 
 def read_curve(path):
@@ -64,7 +47,7 @@ def collect(workdir, variants):
                      val=summary.get('val_miou'), seconds=sum(seconds.values())))
     curves[title] = curve
     for sub, twin_title, seed_key, val_key in _TWINS:
-      if cfg.train.get(sub):
+      if cfg.train[sub]:
         twin_curve = read_curve(os.path.join(vdir, sub, 'metrics.jsonl'))
         rows.append(dict(name=f'{name}/{sub}', title=twin_title,
                          train_seed=twin_curve[-1][1] if twin_curve else None,
@@ -99,9 +82,9 @@ def table(rows, command):
 
 def plot(curves, path):
   """Seed mIoU over training steps, one line per run, to a PNG (written atomically)."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
+  import matplotlib
   matplotlib.use('Agg')
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  from matplotlib import pyplot as plt
   fig, ax = plt.subplots(figsize=(10, 5), dpi=100)
   for title, curve in curves.items():
     if curve:
@@ -120,12 +103,12 @@ def plot(curves, path):
 
 def run(config, workdir, data, names, command, log=print):
   """Runs every variant's stages (resumable), then writes ablation.md and the plot."""
-  variants = variant_configs(config)
+  variants = config_lib.ablation_variants(config)
   for name, title, cfg in variants:
     log(f'[ablation] {name}: {title}')
-    stage_run = stages_lib.Run(config=cfg, workdir=os.path.join(workdir, name), data=data,
-                               class_names=data.class_names)
-    stages_lib.run_stages(stage_run, names, log=log)
+    ctx = stages_lib.Context(config=cfg, workdir=os.path.join(workdir, name), data=data,
+                             class_names=tuple(data.class_names), log=log)
+    stages_lib.run_stages(ctx, names)
   rows, curves = collect(workdir, variants)
   text = table(rows, command)
   io_utils.atomic_write_bytes(os.path.join(workdir, 'ablation.md'), text.encode())

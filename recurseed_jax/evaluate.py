@@ -1,4 +1,4 @@
-"""Confusion matrix, mIoU and the FP/FN rates of the WSSS literature.
+"""Scoring label maps: folders of PNGs against a split or a folder, tables, the CLI.
 
 Predictions are label maps (0 background, 1..C classes); ground truth may hold 255 (ignored).
 `evaluate_split` scores a folder of PNGs against a dataset split's masks (launch.py
@@ -16,63 +16,14 @@ import os
 import numpy as np
 import tqdm
 
+from recurseed_jax import cli
+from recurseed_jax import confusion
 from recurseed_jax import io_utils
 
 VOC_CLASSES = (
     'background', 'aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat', 'chair',
     'cow', 'diningtable', 'dog', 'horse', 'motorbike', 'person', 'pottedplant', 'sheep', 'sofa',
     'train', 'tvmonitor')
-
-
-def confusion_matrix(pred, gt, num_labels, ignore=255):
-  """int64 [n, n] counts, rows = ground truth, columns = prediction; gt == ignore is skipped."""
-  pred = np.asarray(pred)
-  gt = np.asarray(gt)
-  if pred.shape != gt.shape:
-    raise ValueError(f'prediction shape {pred.shape} != ground truth shape {gt.shape}')
-  valid = gt != ignore
-  p = pred[valid].astype(np.int64)
-  g = gt[valid].astype(np.int64)
-  if p.size and (p.min() < 0 or p.max() >= num_labels):
-    raise ValueError(f'prediction labels must lie in [0, {num_labels}), got '
-                     f'{sorted(set(np.unique(p[(p < 0) | (p >= num_labels)]).tolist()))}')
-  if g.size and (g.min() < 0 or g.max() >= num_labels):
-    raise ValueError(f'ground-truth labels must lie in [0, {num_labels}) or be {ignore}, got '
-                     f'{sorted(set(np.unique(g[(g < 0) | (g >= num_labels)]).tolist()))}')
-  counts = np.bincount(g * num_labels + p, minlength=num_labels * num_labels)
-  return counts.reshape(num_labels, num_labels).astype(np.int64)
-
-
-def _nan_mean(x):
-  x = np.asarray(x, np.float64)
-  return float(np.nanmean(x)) if np.any(~np.isnan(x)) else math.nan
-
-
-def scores(conf):
-  """mIoU and per-class IoU / FP / FN rates from a confusion matrix.
-
-  A class absent from both gt and prediction has IoU, FP and FN NaN and is left out of the means.
-  FP and FN are normalised by the class's union (tp + fp + fn), so IoU + FP + FN = 1 per class.
-  """
-  conf = np.asarray(conf, dtype=np.float64)
-  tp = np.diag(conf)
-  fp = conf.sum(axis=0) - tp
-  fn = conf.sum(axis=1) - tp
-  union = tp + fp + fn
-  with np.errstate(invalid='ignore', divide='ignore'):
-    iou = np.where(union > 0, tp / union, np.nan)
-    fp_rate = np.where(union > 0, fp / union, np.nan)
-    fn_rate = np.where(union > 0, fn / union, np.nan)
-  total = conf.sum()
-  return {
-      'miou': _nan_mean(iou),
-      'iou': iou.tolist(),
-      'pixel_acc': float(tp.sum() / total) if total else math.nan,
-      'fp': fp_rate.tolist(),
-      'fn': fn_rate.tolist(),
-      'mean_fp': _nan_mean(fp_rate),
-      'mean_fn': _nan_mean(fn_rate),
-  }
 
 
 def _fmt(x, pct=False):
@@ -122,7 +73,7 @@ def _pair_confusion(pred_path, gt, gt_name, num_labels, ignore):
     raise ValueError(f'size mismatch: prediction {pred_path} is {pred.shape}, '
                      f'ground truth {gt_name} is {gt.shape}')
   try:
-    return confusion_matrix(pred, gt, num_labels, ignore=ignore)
+    return confusion.confusion_matrix(pred, gt, num_labels, ignore=ignore)
   except ValueError as e:
     raise ValueError(f'{pred_path} / {gt_name}: {e}') from e
 
@@ -145,7 +96,7 @@ def evaluate_split(pred_dir, split, num_labels, ids=None, ignore=255, workers=No
     return {'conf': _pair_confusion(pred_path, gt, f'mask of {image_id!r}', num_labels, ignore)}
 
   conf = sum_confusions(one, ids, workers).get('conf', np.zeros((num_labels,) * 2, np.int64))
-  return {**scores(conf), 'num_images': len(ids)}
+  return {**confusion.scores(conf), 'num_images': len(ids)}
 
 
 def evaluate_dirs(pred_dir, gt_dir, num_labels=None, ids=None, ignore=255, workers=None):
@@ -173,7 +124,7 @@ def evaluate_dirs(pred_dir, gt_dir, num_labels=None, ids=None, ignore=255, worke
     seen = np.flatnonzero(conf.sum(0) + conf.sum(1))
     num_labels = int(seen.max()) + 1 if seen.size else 1
     conf = conf[:num_labels, :num_labels]
-  return {**scores(conf), 'num_images': len(ids), 'num_labels': num_labels}
+  return {**confusion.scores(conf), 'num_images': len(ids), 'num_labels': num_labels}
 
 
 def report(results, class_names, titles=None):
@@ -213,6 +164,9 @@ def main(argv=None):
   parser.add_argument('--out', help='optional JSON file for the scores')
   parser.add_argument('--workers', type=int, default=None, help='reader threads (default: cores)')
   args = parser.parse_args(argv)
+  for flag, folder in (('--pred', args.pred), ('--gt', args.gt)):
+    if not os.path.isdir(folder):
+      raise FileNotFoundError(f'{flag} {folder}: no such folder')
   ids = None
   if args.ids:
     with open(args.ids) as f:
@@ -231,4 +185,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-  main()
+  cli.run(main)

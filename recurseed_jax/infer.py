@@ -37,8 +37,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm import tqdm
 
 from recurseed_jax import io_utils
+from recurseed_jax import parallel
 from recurseed_jax.models import deeplab
 from recurseed_jax.models import resnet
 
@@ -555,3 +557,48 @@ def run_split(step, variables, split, indices, buckets, batch_size, *, with_labe
     yield from _unpack(*pending)
     if progress is not None:
       progress.update(len(pending[0]['indices']))
+
+
+class Engine:
+  """The stages' inference: models restored on first use, one compiled step per kind of output,
+  every batch sharded over this host's devices.
+
+  restore(subfolder) -> (model, variables) gives a trained network of the workdir (e.g.
+  train.restore_variables); every model must share one architecture, so they share the step.
+  segmenter: the models are the multi-stage DeepLabNets (make_segmenter_step).
+  """
+
+  def __init__(self, config, restore, segmenter=False):
+    self.config = config
+    self.restore = restore
+    self.segmenter = segmenter
+    self.mesh = parallel.make_mesh(jax.local_devices())
+    if config.infer.batch_size % self.mesh.size:
+      raise ValueError(f'config.infer.batch_size={config.infer.batch_size} must be a multiple of '
+                       f'the {self.mesh.size} devices (each takes an equal share of a batch)')
+    self.sharding = parallel.batch_sharding(self.mesh) if self.mesh.size > 1 else None
+    self.model = None
+    self._variables = {}
+    self._steps = {}
+
+  def variables(self, name):
+    if name not in self._variables:
+      model, v = self.restore(name)
+      if self.model is None:  # one architecture: every run shares the compiled step
+        self.model = model
+      self._variables[name] = v if self.sharding is None else parallel.replicate(v, self.mesh)
+    return self._variables[name]
+
+  def step(self, num_kept):
+    if num_kept not in self._steps:
+      self._steps[num_kept] = step_from_config(self.config, self.model, num_kept, self.segmenter)
+    return self._steps[num_kept]
+
+  def run_split(self, names, split, indices, num_kept, desc):
+    """run_split of the models in workdir subfolders `names` ({key: subfolder}), with a bar."""
+    cfg = self.config
+    variables = {key: self.variables(name) for key, name in names.items()}
+    with tqdm(total=len(indices), desc=desc, unit='img', dynamic_ncols=True) as bar:
+      yield from run_split(self.step(num_kept), variables, split, indices, cfg.infer.buckets,
+                           cfg.infer.batch_size, with_labels=num_kept is not None,
+                           sharding=self.sharding, prefetch=cfg.infer.prefetch, progress=bar)

@@ -117,7 +117,7 @@ def background_iter(iterable, depth):
         if not _put(q, (None, item), stop):
           return
       _put(q, (None, end), stop)
-    except BaseException as e:  # pylint: disable=broad-except
+    except BaseException as e:
       _put(q, (e, None), stop)
     finally:
       close = getattr(it, 'close', None)

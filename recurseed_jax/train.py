@@ -27,13 +27,12 @@ import optax
 from tqdm import tqdm
 
 from recurseed_jax import checkpoint as ckpt_lib
-from recurseed_jax import evaluate as eval_lib
-from recurseed_jax import method
+from recurseed_jax import confusion
 from recurseed_jax import metrics as metrics_lib
 from recurseed_jax import models
+from recurseed_jax import objectives
 from recurseed_jax import parallel
 
-DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 BATCH_KEYS = ('image', 'mask', 'valid', 'label')
 
 
@@ -103,20 +102,18 @@ def _keys(config):
 
 
 def compute_dtype(config):
-  name = config.train.get('dtype', 'float32')
-  if name not in DTYPES:
-    raise ValueError(f'config.train.dtype={name!r} is not one of: {", ".join(DTYPES)}')
-  return DTYPES[name]
-
-
-NETWORKS = ('recurseed', 'deeplab')
+  name = config.train.dtype
+  if name not in models.COMPUTE_DTYPES:
+    raise ValueError(f'config.train.dtype={name!r} is not one of: '
+                     f'{", ".join(models.COMPUTE_DTYPES)}')
+  return models.COMPUTE_DTYPES[name]
 
 
 def network_builder(config):
   """models.build_model (RecurSeedNet) or models.build_deeplab, by config.model.network."""
-  name = config.model.get('network', 'recurseed')
-  if name not in NETWORKS:
-    raise ValueError(f'config.model.network={name!r} is not one of: {", ".join(NETWORKS)}')
+  name = config.model.network
+  if name not in models.NETWORKS:
+    raise ValueError(f'config.model.network={name!r} is not one of: {", ".join(models.NETWORKS)}')
   return models.build_model if name == 'recurseed' else models.build_deeplab
 
 
@@ -130,7 +127,7 @@ def build_model(config, num_classes, mode=None):
 def init_state(config, params, batch_stats, num_classes):
   """A step-0 TrainState around given variables (optimiser, EMA and guard counters fresh)."""
   tx = make_optimizer(config.optim, config.train.steps)
-  ema = params if config.train.get('ema_decay', 0.0) > 0 else None
+  ema = params if config.train.ema_decay > 0 else None
   zero = jnp.zeros((), jnp.int32)
   window = jnp.zeros((num_classes + 1, num_classes + 1), jnp.float32)
   return TrainState(step=zero, params=params, batch_stats=batch_stats, opt_state=tx.init(params),
@@ -145,7 +142,7 @@ def create_state(config, model, rng, input_shape):
       {'params': key}, jnp.zeros(input_shape, jnp.float32))
   # config.model.init: scratch, or ImageNet / RS+EPM / DeepLab weights (models/weights.py).
   variables = models.apply_init(config.model.init, variables,
-                                strict=config.model.get('init_strict', True))
+                                strict=config.model.init_strict)
   # One compiled program instead of an eager op (and compile) per parameter shape.
   return jax.jit(functools.partial(init_state, config, num_classes=model.num_classes))(
       variables['params'], variables.get('batch_stats', {}))
@@ -162,66 +159,6 @@ def abstract_state(config, model, input_shape, sharding=None):
   return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
 
 
-def _supervised_losses(config, out, hard, labels, crop, share):
-  """cls + cam + seg losses of one forward pass against a hard label map (see make_train_step)."""
-  seg_up = method.resize(out['seg'], crop)
-  cls = share(method.multilabel_soft_margin_parts(out['logits'], labels))
-  seg = share(method.seg_cross_entropy_parts(seg_up, hard))
-  seg_probs = jax.nn.softmax(out['seg'], axis=-1)[..., 1:]
-  cam = share(method.cam_loss_parts(out['cam'], seg_probs, labels, kind=config.loss.cam_kind))
-  total = config.loss.cls * cls + config.loss.cam * cam + config.loss.seg * seg
-  return total, dict(cls=cls, cam=cam, seg=seg)
-
-
-def _scg_kwargs(config):
-  return {k: v for k, v in config.rs.scg.to_dict().items() if k != 'levels'}
-
-
-def make_seed(config, out, images, labels, valid, step):
-  """The RecurSeed seed of a clean forward pass: recursion switch, refinement, certainty filter.
-
-  Returns (soft seed at crop size [B,H,W,C], hard labels [B,H,W]). Everything is stop-gradient
-  and per image, so it needs no collectives under pmap.
-  """
-  out = jax.lax.stop_gradient(out)
-  crop = images.shape[1:3]
-  stride = config.rs.refine_stride
-  size = (crop[0] // stride, crop[1] // stride)
-  cs = method.resize(method.cam_seed(out['cam'], labels), size)
-  ss = method.resize(method.seg_seed(out['seg'], labels), size)
-  seed = method.select_seed(step, cs, ss, config.rs.cam_only_steps, config.rs.seed_mix)
-  kind = config.rs.refine
-  if kind == 'scg':
-    feats = [method.resize(out['features'][f'stage{level}'].astype(jnp.float32), size)
-             for level in config.rs.scg.levels]
-    seed = method.refine_seed('scg', seed, features=feats, scg_kwargs=_scg_kwargs(config))
-  elif kind == 'pamr':
-    small = method.resize(images, size)
-    seed = method.refine_seed('pamr', seed, image=small, pamr_kwargs=config.rs.pamr.to_dict())
-  else:
-    seed = method.refine_seed(kind, seed)
-  seed = method.resize(seed, crop) * labels[:, None, None, :]
-  hard = method.hard_labels(seed, config.rs.certain, config.rs.uncertain, valid=valid)
-  return seed, hard
-
-
-SUPERVISIONS = ('weak', 'cam', 'full', 'seg')
-
-
-def seed_confusion(truth, seed, valid, num_classes):
-  """[C+1, C+1] counts of (true label, argmax label of the soft seed) over valid labelled pixels.
-
-  seed: [B,H,W,C] foreground scores; its label map is method.argmax_labels (background where no
-  class beats 1 - max). Pixels that are padding or 255 in the truth are not counted.
-  """
-  k = num_classes + 1
-  pred = method.argmax_labels(seed, valid=valid)
-  ok = (truth != 255) & (pred != 255)
-  index = jnp.where(ok, jnp.clip(truth, 0, k - 1) * k + jnp.clip(pred, 0, k - 1), 0)
-  counts = jnp.zeros((k * k,), jnp.float32).at[index.reshape(-1)].add(ok.reshape(-1))
-  return counts.reshape(k, k)
-
-
 def _where(cond, new, old):
   return jax.tree.map(lambda n, o: jnp.where(cond, n, o), new, old)
 
@@ -229,10 +166,10 @@ def _where(cond, new, old):
 def make_train_step(config, model, supervision='weak', axis_name=None):
   """Builds the pure step `(state, batch, use_mix=False) -> (state, metrics)`.
 
-  supervision: 'weak' (RecurSeed, image labels only), 'cam' (the plain-CAM baseline: the
-  classification loss alone), 'full' (the true masks: the upper bound) or 'seg' (a DeepLabNet,
-  config.model.network='deeplab', on the batch masks alone: the multi-stage segmenter trained on
-  pseudo masks; cross-entropy, 255 ignored).
+  supervision picks the objective (objectives.py): 'weak' (RecurSeed, image labels only), 'cam'
+  (the plain-CAM baseline), 'full' (the true masks: the upper bound) or 'seg' (a DeepLabNet,
+  config.model.network='deeplab', on the batch masks: the multi-stage segmenter). The step runs
+  the network, the objective and the update; it is the same for every supervision.
   Under 'weak' and 'cam' the metrics hold `seed_confusion` (truth x training seed, summed since the
   last log line; see TrainState.seed_window), which the loop turns into `seed_miou`.
   axis_name: None when the step sees the global batch (one device, or jit over a mesh); the
@@ -245,81 +182,33 @@ def make_train_step(config, model, supervision='weak', axis_name=None):
   A step whose loss or gradient is not finite changes nothing but the step and the guard
   counters (state.nonfinite, state.nonfinite_run; metrics 'finite').
   """
-  if supervision not in SUPERVISIONS:
-    raise ValueError(f'supervision={supervision!r} is not one of {SUPERVISIONS}')
-  ema_decay = float(config.train.get('ema_decay', 0.0))
+  objective = objectives.make_objective(config, supervision)
+  ema_decay = float(config.train.ema_decay)
 
   def share(parts):
     total, count = parts
     return total / jnp.maximum(parallel.psum(jax.lax.stop_gradient(count), axis_name), 1.0)
 
-  def forward(params, batch_stats, images, rng):
-    out, mutated = model.apply({'params': params, 'batch_stats': batch_stats}, images,
-                               train=True, mutable=['batch_stats'], rngs={'dropout': rng})
-    return out, mutated['batch_stats']
-
-  def mix(rng, images, src, labels, seed):
-    # Pairs over the global batch (gathered under pmap, then this device's rows kept), so the
-    # pairing is the same whatever the device count.
-    local = images.shape[0]
-    kind = config.mix.kind
-    extra = {}
-    if kind == 'edgepredictmix':
-      # Only EdgePredictMix reads the soft seed (its edge map): the other kinds skip gathering it.
-      # .get: configs saved before these fields existed keep working.
-      extra = dict(seed=parallel.gather_batch(seed, axis_name),
-                   edge_threshold=float(config.mix.get('edge_threshold', 0.3)),
-                   edge_band=int(config.mix.get('edge_band', 2)),
-                   edge_distance=int(config.mix.get('edge_distance', 0) or config.rs.refine_stride))
-    images, src, labels = parallel.gather_batch((images, src, labels), axis_name)
-    mixed = method.mix_batch(rng, images, src, labels, kind=kind,
-                             class_prob=config.mix.class_prob, min_area=config.mix.min_area,
-                             **extra)
-    return parallel.local_rows(mixed[:3], axis_name, local)
-
   def step_fn(state, batch, use_mix=False):
-    if use_mix and supervision != 'weak':
-      raise ValueError('mixing needs seeds: use_mix only with supervision="weak"')
     rng = jax.random.fold_in(state.rng, state.step)
     r_drop, r_mix, r_drop2 = jax.random.split(rng, 3)
     r_drop, r_drop2 = (parallel.device_key(k, axis_name) for k in (r_drop, r_drop2))
-    images, labels, valid = batch['image'], batch['label'], batch['valid']
-    crop = images.shape[1:3]
 
     def loss_fn(params):
-      out, stats = forward(params, state.batch_stats, images, r_drop)
-      if supervision == 'seg':
-        seg = share(method.seg_cross_entropy_parts(method.resize(out['seg'], crop), batch['mask']))
-        return seg, (stats, dict(seg=seg, loss=seg))
-      if supervision == 'cam':
-        cls = share(method.multilabel_soft_margin_parts(out['logits'], labels))
-        # The baseline's seed is its CAM seed (no recursion, no refinement).
-        cam = method.resize(method.cam_seed(jax.lax.stop_gradient(out['cam']), labels), crop)
-        conf = seed_confusion(batch['mask'], cam, valid, labels.shape[-1])
-        return cls, (stats, dict(cls=cls, loss=cls, seed_confusion=conf))
-      metrics = {}
-      if supervision == 'full':
-        hard = batch['mask']
-      else:
-        seed, hard = make_seed(config, out, images, labels, valid, state.step)
-        metrics['seed_confusion'] = seed_confusion(batch['mask'], seed, valid, labels.shape[-1])
-      total, terms = _supervised_losses(config, out, hard, labels, crop, share)
-      metrics.update(terms)
-      if supervision != 'full':
-        certain = hard != 255
-        metrics['seed_coverage'] = share((jnp.sum(certain), jnp.float32(certain.size)))
-        ok = certain & (batch['mask'] != 255)
-        metrics['seed_precision'] = share((jnp.sum((hard == batch['mask']) & ok), jnp.sum(ok)))
-      if use_mix:
-        argmax_kinds = ('classmix', 'edgepredictmix')
-        src = method.argmax_labels(seed, valid=valid) if config.mix.kind in argmax_kinds else hard
-        mixed_x, mixed_hard, mixed_y = mix(r_mix, images, src, labels, seed)
-        out2, stats = forward(params, stats, mixed_x, r_drop2)
-        total2, terms2 = _supervised_losses(config, out2, mixed_hard, mixed_y, crop, share)
-        total = total + total2
-        metrics.update({f'mix_{k}': v for k, v in terms2.items()})
-      metrics['loss'] = total
-      return total, (stats, metrics)
+      stats = [state.batch_stats]  # each training-mode pass chains on the previous statistics
+
+      def forward(images, key):
+        out, mutated = model.apply({'params': params, 'batch_stats': stats[-1]}, images,
+                                   train=True, mutable=['batch_stats'], rngs={'dropout': key})
+        stats.append(mutated['batch_stats'])
+        return out
+
+      out = forward(batch['image'], r_drop)
+      ctx = objectives.StepContext(step=state.step, share=share,
+                                   forward=lambda images: forward(images, r_drop2),
+                                   mix_rng=r_mix, use_mix=use_mix, axis_name=axis_name)
+      loss, metrics = objective(out, batch, ctx)
+      return loss, (stats[-1], metrics)
 
     grads, (stats, metrics) = jax.grad(loss_fn, has_aux=True)(state.params)
     grads, metrics = parallel.psum((grads, metrics), axis_name)
@@ -465,7 +354,7 @@ class _Logger:
     self.config, self.writer, self.bar = config, writer, bar
     self.every = config.train.log_every
     self.total = config.train.steps
-    self.max_nonfinite = config.train.get('max_nonfinite', 5)
+    self.max_nonfinite = config.train.max_nonfinite
     self.t0 = self.t_last = time.time()
     self.step_last = start
 
@@ -490,7 +379,7 @@ class _Logger:
                            max(now - self.t_last, 1e-9), 2)
     m['seconds'] = round(now - self.t0, 2)
     if conf is not None and conf.sum() > 0:
-      m['seed_miou'] = float(eval_lib.scores(conf)['miou'])
+      m['seed_miou'] = float(confusion.scores(conf)['miou'])
     self.t_last, self.step_last = now, step
     self.writer.write(step, m)
     post = dict(loss=f"{m['loss']:.3f}", img_s=f"{m['img_per_s']:.1f}")
@@ -520,7 +409,7 @@ def train(config, workdir, num_classes, *, supervision='weak', desc='train', dat
   with ckpt_lib.Checkpoints(os.path.join(workdir, 'checkpoints'),
                             keep=config.train.keep_checkpoints,
                             every=config.train.checkpoint_every,
-                            async_save=config.train.get('async_checkpoints', True)) as ckpts:
+                            async_save=config.train.async_checkpoints) as ckpts:
     start = ckpts.latest_step() or 0
     if start:
       state = s.abstract_state()
@@ -531,7 +420,7 @@ def train(config, workdir, num_classes, *, supervision='weak', desc='train', dat
       return _variables(state)
     batches = data_iter_fn(start)
     writer = metrics_lib.MetricWriter(workdir, start, enabled=lead,
-                                      tensorboard=config.train.get('tensorboard', True))
+                                      tensorboard=config.train.tensorboard)
     bar = tqdm(desc=desc, initial=start, total=total, dynamic_ncols=True, disable=not lead)
     log = _Logger(config, writer, bar, start)
     pending = None  # (step, metrics) not yet fetched: fetching lags one step behind dispatch
@@ -575,13 +464,13 @@ def restore_variables(config, workdir, num_classes):
                             jax.random.key(0, impl='rbg'), jnp.zeros((1, crop, crop, 3)))
     like = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), shapes)
     return model, models.apply_init(config.model.init, like,
-                                    strict=config.model.get('init_strict', True))
+                                    strict=config.model.init_strict)
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   state = abstract_state(config, model, (1, crop, crop, 3), device)
   with ckpt_lib.Checkpoints(os.path.join(workdir, 'checkpoints')) as ckpts:
     tree = ckpts.restore(state.saveable())
   params = tree['params']
-  if config.rs.get('seed_from_ema', False):
+  if config.rs.seed_from_ema:
     if 'ema_params' not in tree:
       raise ValueError(f'config.rs.seed_from_ema is set but {workdir} was trained without an '
                        'EMA (config.train.ema_decay=0)')

@@ -20,14 +20,14 @@ os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.dirname(HERE), HERE]
 
-import flax.linen as nn  # pylint: disable=g-import-not-at-top
-import jax  # pylint: disable=g-import-not-at-top
-import numpy as np  # pylint: disable=g-import-not-at-top
+import flax.linen as nn
+import jax
+import numpy as np
 
-from configs import default  # pylint: disable=g-import-not-at-top
-import reference  # pylint: disable=g-import-not-at-top
-from recurseed_jax import parallel  # pylint: disable=g-import-not-at-top
-from recurseed_jax import train  # pylint: disable=g-import-not-at-top
+from configs import default
+from recurseed_jax import parallel
+from recurseed_jax import train
+import reference
 
 NUM_CLASSES, CROP, BATCH, STEPS = 5, 32, 8, 3
 

@@ -7,17 +7,17 @@ import sys
 import numpy as np
 import pytest
 
-import data_fixtures as fx
 from configs import coco14_rs50
 from configs import default
+import data_fixtures as fx
 from data_pipeline import coco
 from data_pipeline import coco_prepare
 from data_pipeline import datasets
+from recurseed_jax import config_lib
 from recurseed_jax import io_utils
-from recurseed_jax import validate
 
 try:
-  import pycocotools  # pylint: disable=unused-import
+  import pycocotools  # noqa: F401
   HAVE_COCOTOOLS = True
 except ImportError:
   HAVE_COCOTOOLS = False
@@ -94,11 +94,11 @@ def test_distributed_layout_prepared_lazily(tmp_path):
   lines = []
   provider = datasets.FileData(_config(root), str(tmp_path / 'w'), log=lines.append)
   assert provider.layout.kind == coco.DISTRIBUTED
-  assert any('rasterising COCO train2014' in l for l in lines)
-  assert any('left out 1 of 3 images without any class' in l for l in lines)
+  assert any('rasterising COCO train2014' in line for line in lines)
+  assert any('left out 1 of 3 images without any class' in line for line in lines)
   train = provider.split('train')
   assert train.ids == [TRAIN.format(1), TRAIN.format(3)]
-  assert [np.flatnonzero(l).tolist() for l in train.labels] == [[0, 16], [79]]
+  assert [np.flatnonzero(row).tolist() for row in train.labels] == [[0, 16], [79]]
   for i, image_id in enumerate(train.ids):
     assert train.size(i) == sizes[image_id] == train.mask(i).shape
   val = provider.split('val')
@@ -145,5 +145,5 @@ def test_paper_config_is_valid_and_documented():
   assert cfg.data.name == 'coco14' and cfg.data.num_classes == 80
   cfg.data.root = '/data/coco'
   cfg.model.init = 'scratch'  # the weights file is the user's
-  validate.validate(cfg)
+  config_lib.validate(cfg)
   assert 'python launch.py --config configs/coco14_rs50.py' in coco14_rs50.__doc__

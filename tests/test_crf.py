@@ -62,7 +62,7 @@ def test_dense_crf_beats_unary_argmax():
 def test_dense_crf_is_the_authors_unary_and_kernels():
   """The authors' DenseCRF (core/refinements/densecrf.py), re-derived: unary_from_softmax of the
   scores as given (clip 1e-5, no renormalisation), Gaussian then bilateral kernel, argmax."""
-  from pydensecrf import utils  # pylint: disable=g-import-not-at-top
+  from pydensecrf import utils
   image, probs, _ = _scene(3)
   probs = (probs / probs.sum(-1, keepdims=True)).astype(np.float32)
   probs[:5] = 0.0  # exact zeros: the 1e-5 clip decides these rows
@@ -79,7 +79,8 @@ def test_dense_crf_is_the_authors_unary_and_kernels():
 
 
 def test_crf_image_denormalized_as_the_authors():
-  """Their CRF image: Normalize (float32 (x / 255 - m) / s) then Denormalize (float64, truncated)."""
+  """Their CRF image: Normalize (float32 (x / 255 - m) / s), then Denormalize (float64, then
+  truncated to uint8)."""
   rng = np.random.default_rng(4)
   image = rng.integers(0, 256, (9, 11, 3), dtype=np.uint8)
   image[0, 0] = [0, 128, 255]

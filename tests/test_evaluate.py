@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 
+from recurseed_jax import confusion
 from recurseed_jax import evaluate
 from recurseed_jax import io_utils
 
@@ -27,7 +28,7 @@ def test_confusion_matches_per_pixel_loop():
     gt[rng.random(gt.shape) < 0.2] = 255
     pred = rng.integers(0, n, gt.shape).astype(np.uint8)
     pred[gt == 255] = 255  # out-of-range predictions under ignore pixels are fine
-    conf = evaluate.confusion_matrix(pred, gt, n)
+    conf = confusion.confusion_matrix(pred, gt, n)
     assert conf.dtype == np.int64 and conf.shape == (n, n)
     np.testing.assert_array_equal(conf, _slow_confusion(pred, gt, n))
     assert conf.sum() == (gt != 255).sum()
@@ -38,7 +39,7 @@ def test_perfect_prediction_and_absent_classes():
   gt[:5] = 1
   gt[7:, 7:] = 3
   gt[0, 0] = 255
-  s = evaluate.scores(evaluate.confusion_matrix(gt.copy(), gt, 5))
+  s = confusion.scores(confusion.confusion_matrix(gt.copy(), gt, 5))
   assert s['miou'] == 1.0 and s['pixel_acc'] == 1.0
   assert math.isnan(s['iou'][2]) and math.isnan(s['iou'][4])  # absent from gt and pred
   assert s['fp'][1] == 0.0 and s['fn'][3] == 0.0
@@ -47,7 +48,7 @@ def test_perfect_prediction_and_absent_classes():
 def test_scores_values():
   # rows gt, cols pred: class 0 tp 6, fn 2 (predicted 1), fp 1; class 1 tp 3, fp 2, fn 1.
   conf = np.array([[6, 2, 0], [1, 3, 0], [0, 0, 0]])
-  s = evaluate.scores(conf)
+  s = confusion.scores(conf)
   np.testing.assert_allclose(s['iou'][:2], [6 / 9, 3 / 6])
   np.testing.assert_allclose(s['fp'][:2], [1 / 9, 2 / 6])
   np.testing.assert_allclose(s['fn'][:2], [2 / 9, 1 / 6])
@@ -62,11 +63,11 @@ def test_scores_values():
 def test_confusion_errors():
   gt = np.zeros((4, 4), np.uint8)
   with pytest.raises(ValueError, match='prediction labels'):
-    evaluate.confusion_matrix(np.full((4, 4), 7, np.uint8), gt, 5)
+    confusion.confusion_matrix(np.full((4, 4), 7, np.uint8), gt, 5)
   with pytest.raises(ValueError, match='shape'):
-    evaluate.confusion_matrix(np.zeros((4, 5), np.uint8), gt, 5)
+    confusion.confusion_matrix(np.zeros((4, 5), np.uint8), gt, 5)
   with pytest.raises(ValueError, match='ground-truth labels'):
-    evaluate.confusion_matrix(gt, np.full((4, 4), 9, np.uint8), 5)
+    confusion.confusion_matrix(gt, np.full((4, 4), 9, np.uint8), 5)
 
 
 def test_evaluate_dirs_and_cli(tmp_path, capsys):
@@ -85,7 +86,7 @@ def test_evaluate_dirs_and_cli(tmp_path, capsys):
     total += _slow_confusion(pred, gt, 4)
   s = evaluate.evaluate_dirs(str(pred_dir), str(gt_dir), 4)
   assert s['num_images'] == 3
-  assert s['miou'] == pytest.approx(evaluate.scores(total)['miou'])
+  assert s['miou'] == pytest.approx(confusion.scores(total)['miou'])
 
   out = tmp_path / 'scores.json'
   evaluate.main(['--pred', str(pred_dir), '--gt', str(gt_dir), '--num-classes', '3',
@@ -187,6 +188,6 @@ def test_cli_without_class_count_and_report(tmp_path, capsys):
   assert '| aeroplane |' in printed and '21 labels' in printed  # VOC names for 21 labels
   saved = json.loads((tmp_path / 's.json').read_text())
   assert saved['num_labels'] == 21 and 0 < saved['miou'] < 1
-  md = evaluate.report({'val': evaluate.scores(np.eye(3, dtype=np.int64))}, ['bg', 'a', 'b'],
+  md = evaluate.report({'val': confusion.scores(np.eye(3, dtype=np.int64))}, ['bg', 'a', 'b'],
                        {'val': 'segmentation head (val)'})
   assert '| segmentation head (val) | 100.0 |' in md and '## segmentation head (val)' in md

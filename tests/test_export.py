@@ -4,8 +4,8 @@ import os
 import tarfile
 
 import numpy as np
-import pytest
 from PIL import Image
+import pytest
 
 from recurseed_jax import export
 from recurseed_jax import io_utils

@@ -31,9 +31,6 @@ import pytest
 
 torch = pytest.importorskip('torch')
 
-# pylint: disable=g-import-not-at-top,wrong-import-position
-import reference
-import torch_reference as tr
 from pydensecrf import densecrf as dcrf
 from pydensecrf import utils as crf_utils
 from torch.nn import functional as F
@@ -42,9 +39,10 @@ from data_pipeline import splits
 from recurseed_jax import crf
 from recurseed_jax import infer
 from recurseed_jax import models
-from recurseed_jax import stages
 from recurseed_jax.models import weights
-# pylint: enable=g-import-not-at-top,wrong-import-position
+from recurseed_jax.stages import crf as crf_stage
+import reference
+import torch_reference as tr
 
 pytestmark = pytest.mark.slow
 
@@ -258,7 +256,7 @@ def test_seeds_and_pseudo_masks_match_the_authors(fitted):
     np.testing.assert_allclose(res['class_prob'], theirs_prob, rtol=1e-4)
     # Pseudo masks the way the stages make them: stored seed, CRF item, CRF.
     stored = infer.encode_seed(res['seg'], cfg.infer.seed_dtype)
-    _, crf_image, probs, labels = stages._crf_item(cfg, split.ids[i], image, stored,
+    _, crf_image, probs, labels = crf_stage.seed_item(cfg, split.ids[i], image, stored,
                                                    res['classes'].astype(np.uint8))
     np.testing.assert_array_equal(crf_image, _denormalised(_normalised(image)))
     mask = crf.crf_label_map(crf_image, probs, labels, **params)

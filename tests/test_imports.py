@@ -7,7 +7,7 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-_SCRIPT = r'''
+_SCRIPT = r"""
 import importlib, json, pkgutil, sys
 import recurseed_jax
 names = ['recurseed_jax']
@@ -15,7 +15,7 @@ for info in pkgutil.walk_packages(recurseed_jax.__path__, 'recurseed_jax.'):
   importlib.import_module(info.name)
   names.append(info.name)
 print(json.dumps(dict(modules=names, tensorflow='tensorflow' in sys.modules)))
-'''
+"""
 
 
 def test_package_imports_without_tensorflow():

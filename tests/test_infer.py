@@ -12,13 +12,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from reference import np_resize
 
 from configs import default
 from data_pipeline import splits
 from recurseed_jax import infer
 from recurseed_jax import models
 from recurseed_jax import parallel
+from reference import np_resize
 
 NUM_CLASSES = 5
 SIZE = 32

@@ -97,7 +97,7 @@ def test_end_to_end_multistage_resume_and_rerun_skips(tmp_path):
 def test_bad_input_one_line_error(tmp_path, args, needle):
   r = _launch(f'--workdir={tmp_path / "run"}', *args)
   assert r.returncode != 0
-  lines = [l for l in r.stderr.strip().splitlines() if l.strip()]
+  lines = [line for line in r.stderr.strip().splitlines() if line.strip()]
   assert needle in lines[-1], r.stderr[-2000:]
 
 

@@ -7,10 +7,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from reference import np_resize
 
 from recurseed_jax import method
 from recurseed_jax.method import mix as mix_lib
+from reference import np_resize
 
 RTOL, ATOL = 1e-4, 1e-5
 

@@ -15,7 +15,7 @@ from recurseed_jax import metrics
 
 
 def _read_events(path):
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
   return list(tf.compat.v1.train.summary_iterator(path))
 
 

@@ -287,7 +287,7 @@ def test_decay_mask_v2_biases():
 
 
 def test_build_model_from_config():
-  from configs.default import get_config  # pylint: disable=g-import-not-at-top
+  from configs.default import get_config
   config = get_config()
   model = models.build_model(config.model, config.data.num_classes)
   assert isinstance(model, RecurSeedNet)

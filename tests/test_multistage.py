@@ -12,18 +12,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import reference
 
 from configs import synthetic_ablation
 from configs import synthetic_multistage
 from data_pipeline import datasets
 from recurseed_jax import ablation
+from recurseed_jax import config_lib
+from recurseed_jax import confusion
 from recurseed_jax import infer
 from recurseed_jax import io_utils
 from recurseed_jax import models
-from recurseed_jax import multistage
 from recurseed_jax import train
-from recurseed_jax import validate
+import reference
 
 C = 4
 
@@ -35,16 +35,16 @@ def test_seg_and_predict_configs_override_only_their_fields():
     cfg.seg.train.batch_size = 8
     cfg.seg.model.stage_sizes = (1, 2, 1, 1)
     cfg.seg.predict_model.output_stride = 4
-  seg = multistage.seg_config(cfg)
+  seg = config_lib.segmenter_config(cfg)
   assert seg.model.network == 'deeplab' and seg.train.batch_size == 8
   assert seg.model.stage_sizes == (1, 2, 1, 1) and seg.model.output_stride == 8
   assert seg.infer.class_threshold == 0.05 and not seg.train.upper_bound
   assert cfg.model.network == 'recurseed' and cfg.train.batch_size == 16  # the run's untouched
-  assert multistage.predict_config(cfg).model.output_stride == 4
+  assert config_lib.predict_config(cfg).model.output_stride == 4
   with cfg.unlocked():
     cfg.seg.optim.learning_rate = 0.1  # a typo: optim has `lr`
   with pytest.raises(ValueError, match=r'config\.seg\.optim\.learning_rate'):
-    multistage.seg_config(cfg)
+    config_lib.segmenter_config(cfg)
 
 
 @pytest.mark.parametrize('name', ['default', 'synthetic_multistage', 'synthetic_ablation',
@@ -54,9 +54,9 @@ def test_every_config_validates(name):
   cfg = importlib.import_module(f'configs.{name}').get_config()
   if cfg.data.name != 'synthetic':
     cfg.data.root = '/data'  # required on real data; nothing is read here
-  validate.validate(cfg)
+  config_lib.validate(cfg)
   if 'train_seg' in cfg.stages:
-    seg = multistage.seg_config(cfg)
+    seg = config_lib.segmenter_config(cfg)
     assert seg.data.crop_size % seg.model.output_stride == 0
 
 
@@ -101,7 +101,8 @@ def test_segmenter_step_matches_numpy_and_ignores_padding():
   products = list(infer._unpack(dict(indices=[7], valid_hw=np.array([[40, 24]]),
                                      images=padded[:1]), {'seg': res}))
   (i, _, per), = products
-  assert i == 7 and per['seg']['probs'].shape == (40, 24, 2) and per['seg']['pred'].shape == (40, 24)
+  assert i == 7 and per['seg']['probs'].shape == (40, 24, 2)
+  assert per['seg']['pred'].shape == (40, 24)
   np.testing.assert_array_equal(per['seg']['channels'], order[:2])
 
 
@@ -129,7 +130,7 @@ def test_seed_confusion_matches_bincount():
   truth[0, 0, :3] = 255
   valid = np.ones((2, 6, 7), bool)
   valid[1, :, -2:] = False
-  conf = np.asarray(train.seed_confusion(jnp.asarray(truth), jnp.asarray(seed),
+  conf = np.asarray(confusion.seed_confusion(jnp.asarray(truth), jnp.asarray(seed),
                                          jnp.asarray(valid), C))
   pred = np.argmax(np.concatenate([1 - seed.max(-1, keepdims=True), seed], -1), -1)
   ok = (truth != 255) & valid
@@ -161,7 +162,7 @@ def test_train_batches_read_the_pseudo_masks(tmp_path):
 # --- the ablation ------------------------------------------------------------------------------
 def test_ablation_variants_order_and_overrides():
   cfg = synthetic_ablation.get_config()
-  variants = ablation.variant_configs(cfg)
+  variants = config_lib.ablation_variants(cfg)
   assert [v[0] for v in variants] == list(cfg.ablation.order)
   kinds = {name: (c.mix.kind, c.rs.refine, c.train.upper_bound) for name, _, c in variants}
   assert kinds['rs_nomix'] == ('none', 'scg', False)
@@ -171,7 +172,7 @@ def test_ablation_variants_order_and_overrides():
   with cfg.unlocked():
     cfg.ablation.order = ('rs_nomix', 'rs_nomx')
   with pytest.raises(ValueError, match="'rs_nomx'"):
-    ablation.variant_configs(cfg)
+    config_lib.ablation_variants(cfg)
 
 
 def _fake_variant(workdir, name, summary, curves):
@@ -188,7 +189,7 @@ def test_ablation_table_and_plot(tmp_path):
   cfg = synthetic_ablation.get_config()
   with cfg.unlocked():
     cfg.ablation.order = ('rs_certainmix', 'rs_nomix')
-  variants = [v for v in ablation.variant_configs(cfg) if v[0] in cfg.ablation.order]
+  variants = [v for v in config_lib.ablation_variants(cfg) if v[0] in cfg.ablation.order]
   wd = str(tmp_path)
   _fake_variant(wd, 'rs_certainmix', dict(rs_seed_miou=0.6, cam_seed_miou=0.4, val_miou=0.55,
                                           upper_bound_val_miou=0.9, seconds=dict(train_rs=10)),

@@ -24,11 +24,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import reference
 
+from recurseed_jax import config_lib
 from recurseed_jax import method
 from recurseed_jax import parallel
-from recurseed_jax import validate
+import reference
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 METRIC_RTOL = 1e-5
@@ -211,4 +211,4 @@ def test_loss_parts_add_up_over_shards():
 def test_validate_names_the_training_keys(key, value):
   cfg = reference.default_config(**{key: value})
   with pytest.raises(ValueError, match=key.replace('.', r'\.')):
-    validate.validate(cfg)
+    config_lib.validate(cfg)

@@ -22,12 +22,10 @@ import pytest
 
 torch = pytest.importorskip('torch')
 
-# pylint: disable=g-import-not-at-top,wrong-import-position
-import torch_reference as tr
 from recurseed_jax import models
 from recurseed_jax.models import weights
 from recurseed_jax.models.norm import BatchNorm
-# pylint: enable=g-import-not-at-top,wrong-import-position
+import torch_reference as tr
 
 TOL = 2e-4  # relative to the values' scale (_tolerance)
 R50, R101 = (3, 4, 6, 3), (3, 4, 23, 3)

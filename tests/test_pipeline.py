@@ -2,11 +2,10 @@
 
 import numpy as np
 import pytest
+import tensorflow as tf  # after data_pipeline: quiet, CPU
 
 from data_pipeline import augment
 from data_pipeline import pipeline
-
-import tensorflow as tf  # pylint: disable=g-bad-import-order  (after data_pipeline: quiet, CPU)
 
 N, SIZE, C = 20, 48, 3
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -186,7 +185,7 @@ def test_eval_batches_pads_the_last_batch():
 
 
 def test_train_iterator_from_config(data):
-  from configs import default  # pylint: disable=g-import-not-at-top
+  from configs import default
   config = default.get_config()
   it = pipeline.train_iterator_from_config(config.data, *data, batch_size=4, seed=0,
                                            process_index=0, process_count=1)
@@ -210,7 +209,7 @@ def _stripes(h, w, offset):
 
 
 def test_file_stream_masks_follow_scales_and_flips(tmp_path):
-  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from PIL import Image
   paths, mask_paths = [], []
   for k, (h, w) in enumerate([(30, 44), (44, 30), (36, 36), (26, 50)]):
     image, mask = _stripes(h, w, 3 * k)
@@ -245,8 +244,9 @@ def test_file_stream_masks_follow_scales_and_flips(tmp_path):
 
 
 def test_decode_mask_grey_palette_and_foreign_palette(tmp_path):
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  from recurseed_jax import io_utils  # pylint: disable=g-import-not-at-top
+  from PIL import Image
+
+  from recurseed_jax import io_utils
   mask = np.array([[0, 1, 20], [255, 7, 15]], np.uint8)
   io_utils.save_palette_png(str(tmp_path / 'p.png'), mask)
   Image.fromarray(mask).save(str(tmp_path / 'g.png'))

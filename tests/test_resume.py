@@ -18,10 +18,10 @@ import sys
 import jax
 import numpy as np
 import pytest
-import train_script
 
 from recurseed_jax import checkpoint as ckpt_lib
 from recurseed_jax import train
+import train_script
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 LOSS_KEYS = ('loss', 'cls', 'cam', 'seg', 'seed_coverage', 'seed_precision', 'lr', 'nonfinite')
@@ -139,7 +139,7 @@ def test_ema_params_and_seed_from_ema(runs):
 
 
 def _events(path):
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
   return list(tf.compat.v1.train.summary_iterator(path))
 
 

@@ -112,8 +112,8 @@ def test_load_split_missing_raises_naming_path(tmp_path):
 
 
 def test_provider_batches_shard_by_process(tmp_path):
-  from configs import default  # pylint: disable=g-import-not-at-top
-  from data_pipeline import datasets  # pylint: disable=g-import-not-at-top
+  from configs import default
+  from data_pipeline import datasets
   cfg = default.get_config()
   cfg.data.num_train, cfg.data.num_val, cfg.data.image_size, cfg.data.crop_size = 8, 2, 16, 16
   cfg.data.cache_dir, cfg.train.batch_size = str(tmp_path), 4

@@ -6,8 +6,8 @@ import re
 import numpy as np
 import pytest
 
-import data_fixtures as fx
 from configs import default
+import data_fixtures as fx
 from data_pipeline import datasets
 from data_pipeline import splits
 
@@ -66,8 +66,8 @@ def test_voc_builder_records_equal_the_files(tmp_path):
   lines = []
   records = datasets.RecordData(_voc_config(root, tmp_path, 'tfds'), str(tmp_path / 'w'),
                                 log=lines.append)
-  assert any('building voc2012_wsss from PASCAL VOC 2012 in the standard layout' in l
-             for l in lines)
+  assert any('building voc2012_wsss from PASCAL VOC 2012 in the standard layout' in line
+             for line in lines)
   assert sorted(records.builder.info.splits.keys()) == ['test', 'train', 'val']
   for name in ('train', 'val', 'test'):
     _assert_same_splits(files.split(name), records.split(name))
@@ -99,7 +99,7 @@ def test_builder_corrupt_image_named_or_skipped(tmp_path):
   records = datasets.RecordData(_voc_config(root, tmp_path / 'b', 'tfds', skip_corrupt=True),
                                 str(tmp_path / 'w'), log=lines.append)
   assert records.split('train').ids == ids['train_aug'][:2]
-  assert any('skipped 1 corrupt file(s) of 3' in l and bad in l for l in lines)
+  assert any('skipped 1 corrupt file(s) of 3' in line and bad in line for line in lines)
   assert 'test' not in records.builder.info.splits  # no test images in this tree
 
 

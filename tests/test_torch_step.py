@@ -20,10 +20,10 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
   sys.path.insert(0, _ROOT)
 
-from bench import torch_step  # pylint: disable=g-import-not-at-top,wrong-import-position
-from configs import default  # pylint: disable=g-import-not-at-top,wrong-import-position
-from recurseed_jax import method  # pylint: disable=g-import-not-at-top,wrong-import-position
-from recurseed_jax import train  # pylint: disable=g-import-not-at-top,wrong-import-position
+from bench import torch_step
+from configs import default
+from recurseed_jax import method
+from recurseed_jax import objectives
 
 B, C, CROP = 3, 4, 32
 TOL = dict(rtol=1e-4, atol=1e-4)
@@ -46,7 +46,7 @@ def _seed_config():
 
 
 # One compile for both recursion-switch cases (the step is traced).
-_make_seed = jax.jit(functools.partial(train.make_seed, _seed_config()))
+_make_seed = jax.jit(functools.partial(objectives.seed_of, _seed_config()))
 
 
 def _t(x):
@@ -190,7 +190,7 @@ def test_make_seed_and_supervised_losses(step):
   np.testing.assert_array_equal(t_hard.numpy(), hard)
 
   hard = _hard(rng)
-  total, terms = train._supervised_losses(  # pylint: disable=protected-access
+  total, terms = objectives.supervised_losses(
       config, _jax_out(out), hard, labels, (CROP, CROP), method.ratio)
   t_total, t_terms = torch_step.supervised_losses(config, _torch_out(out), _t(hard), _t(labels),
                                                   (CROP, CROP))

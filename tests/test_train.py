@@ -16,12 +16,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import reference
 
 from configs import default
 from recurseed_jax import checkpoint as ckpt_lib
 from recurseed_jax import models
+from recurseed_jax import objectives
 from recurseed_jax import train
+import reference
 
 NUM_CLASSES = 5
 CROP = 32
@@ -249,7 +250,7 @@ def test_make_seed_hard_labels(refine):
   cfg = _config(**{'rs.refine': refine, 'rs.cam_only_steps': 5})
   batch = _batch(1)
   labels, valid = batch['label'], batch['valid']
-  fn = jax.jit(lambda out, images, labels, valid, step: train.make_seed(
+  fn = jax.jit(lambda out, images, labels, valid, step: objectives.seed_of(
       cfg, out, images, labels, valid, step))
   for step in (0, 10):  # CAM seed, then segmentation seed
     seed, hard = jax.device_get(fn(_fake_out(step), batch['image'], labels, valid, step))

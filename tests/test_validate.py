@@ -5,13 +5,13 @@ import re
 import pytest
 
 from configs import default
+from recurseed_jax import config_lib
 from recurseed_jax import stages
-from recurseed_jax import validate
 from reference import default_config as _config
 
 
 def test_default_config_is_valid():
-  validate.validate(default.get_config())
+  config_lib.validate(default.get_config())
 
 
 @pytest.mark.parametrize('overrides,key', [
@@ -35,12 +35,12 @@ def test_default_config_is_valid():
 def test_bad_value_names_its_key(overrides, key):
   cfg = _config(**overrides)
   with pytest.raises(ValueError, match=re.escape(key)):
-    validate.validate(cfg)
+    config_lib.validate(cfg)
 
 
 def test_crop_stride_message_names_both_keys():
   with pytest.raises(ValueError) as info:
-    validate.validate(_config(**{'rs.refine_stride': 5}))
+    config_lib.validate(_config(**{'rs.refine_stride': 5}))
   msg = str(info.value)
   assert 'data.crop_size=64' in msg and 'rs.refine_stride=5' in msg
 

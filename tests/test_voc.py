@@ -7,13 +7,13 @@ import shutil
 import numpy as np
 import pytest
 
-import data_fixtures as fx
 from configs import default
 from configs import voc12_rs50
+import data_fixtures as fx
 from data_pipeline import datasets
 from data_pipeline import splits
 from data_pipeline import voc
-from recurseed_jax import validate
+from recurseed_jax import config_lib
 
 
 @pytest.fixture(scope='module')
@@ -152,7 +152,7 @@ def test_corrupt_image_named_or_skipped(tmp_path):
   provider = datasets.FileData(_config(str(tmp_path / 'a'), skip_corrupt=True),
                                str(tmp_path / 'w2'), log=lines.append)
   assert provider.split('train').ids == [i for k, i in enumerate(ids['train_aug']) if k != 1]
-  assert any('skipped 1 corrupt file(s) of 4' in l and bad in l for l in lines)
+  assert any('skipped 1 corrupt file(s) of 4' in line and bad in line for line in lines)
   assert next(provider.train_batches())['image'].shape == (4, 32, 32, 3)
 
 
@@ -208,10 +208,10 @@ def test_paper_config_is_valid_and_documented():
   assert cfg.data.crop_size == 512 and cfg.model.stage_sizes == (3, 4, 6, 3)
   assert cfg.train.steps == -(-20 * 10582 // cfg.train.batch_size)
   with pytest.raises(ValueError, match='config.data.root'):
-    validate.validate(cfg)
+    config_lib.validate(cfg)
   cfg.data.root = '/data/VOC2012'
   cfg.model.init = 'scratch'  # the weights file is the user's
-  validate.validate(cfg)
+  config_lib.validate(cfg)
   assert 'python launch.py --config configs/voc12_rs50.py' in voc12_rs50.__doc__
   cfg.train.batch_size = 16  # the schedule stays 20 epochs
   assert cfg.train.steps == -(-20 * 10582 // 16)
@@ -229,4 +229,4 @@ def test_bad_data_config_names_its_key(key, value, needle):
   cfg = _config('/data/VOC2012')
   cfg.data[key] = value
   with pytest.raises(ValueError, match=re.escape(needle)):
-    validate.validate(cfg)
+    config_lib.validate(cfg)

@@ -20,12 +20,12 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.dirname(HERE), HERE]
 
-from absl import logging  # pylint: disable=g-import-not-at-top
-import numpy as np  # pylint: disable=g-import-not-at-top
+from absl import logging
+import numpy as np
 
-from configs import default  # pylint: disable=g-import-not-at-top
-import reference  # pylint: disable=g-import-not-at-top
-from recurseed_jax import train  # pylint: disable=g-import-not-at-top
+from configs import default
+from recurseed_jax import train
+import reference
 
 NUM_CLASSES, CROP, BATCH, STEPS = 5, 32, 4, 6
 

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 SCG_EPS = 1e-10  # the authors' value; safe (see the module docstring)
+REFINE_KINDS = ('scg', 'pamr', 'none')
 
 
 def _mm(a, b):
@@ -179,5 +180,5 @@ def refine_seed(kind, seed, *, features=None, image=None, scg_kwargs=None,
     return pamr(image, seed, **dict(pamr_kwargs or {}))
   if kind == 'none':
     return seed
-  raise ValueError(f"Unknown seed refinement {kind!r}; allowed: "
-                   "'scg', 'pamr', 'none'.")
+  raise ValueError(f'Unknown seed refinement {kind!r}; allowed: '
+                   f'{", ".join(map(repr, REFINE_KINDS))}.')

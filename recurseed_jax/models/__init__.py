@@ -21,12 +21,14 @@ from recurseed_jax.models.weights import apply_init
 __all__ = [
     'ASPP', 'Bottleneck', 'DeepLabNet', 'DeepLabV2Head', 'DeepLabV3PlusHead', 'RecurSeedNet',
     'ResNet', 'apply_init', 'build_deeplab', 'build_model', 'decay_mask', 'param_groups',
+    'COMPUTE_DTYPES', 'NETWORKS', 'SEGMENTER_HEADS',
 ]
 
 
-def _field(model_config: Any, name: str, default: Any) -> Any:
-  # Hand-made ConfigDicts (tests, older configs) may lack the newer fields.
-  return model_config[name] if name in model_config else default
+# config.train.dtype -> the networks' compute dtype (parameters and losses stay float32).
+COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+SEGMENTER_HEADS = ('v3plus', 'v2')  # config.model.segmenter_head
+NETWORKS = ('recurseed', 'deeplab')  # config.model.network: RecurSeedNet, DeepLabNet
 
 
 def build_model(model_config: Any, num_classes: int, dtype: Any = jnp.float32,
@@ -50,7 +52,7 @@ def _shared_fields(c: Any, num_classes: int, dtype: Any, bn_axis_name: Optional[
       decoder_dropout=tuple(c.decoder_dropout),
       dtype=dtype,
       bn_axis_name=bn_axis_name,
-      dilation_scheme=_field(c, 'dilation_scheme', 'uniform'))
+      dilation_scheme=c.dilation_scheme)
 
 
 def build_deeplab(model_config: Any, num_classes: int, head: Optional[str] = None,
@@ -60,8 +62,7 @@ def build_deeplab(model_config: Any, num_classes: int, head: Optional[str] = Non
   `head` ('v3plus' or 'v2') defaults to `model.segmenter_head`; DeepLabv2 uses `model.v2_rates`.
   """
   c = model_config
-  return DeepLabNet(head=head or _field(c, 'segmenter_head', 'v3plus'),
-                    v2_rates=tuple(_field(c, 'v2_rates', (6, 12, 18, 24))),
+  return DeepLabNet(head=head or c.segmenter_head, v2_rates=tuple(c.v2_rates),
                     **_shared_fields(c, num_classes, dtype, bn_axis_name))
 
 

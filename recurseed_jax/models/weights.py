@@ -94,7 +94,7 @@ def _read_npz(path: str) -> Dict[str, np.ndarray]:
 
 def _read_torch(path: str) -> Dict[str, np.ndarray]:
   try:
-    import torch  # pylint: disable=g-import-not-at-top
+    import torch
   except ImportError as e:
     raise WeightImportError(
         f'{path}: reading a PyTorch checkpoint needs torch, which is not installed. Convert it '
@@ -365,8 +365,8 @@ def import_state_dict(kind: str, state_dict: Dict[str, np.ndarray], variables: D
 def save_converted(directory: str, kind: str, variables: Dict[str, Any], report: ImportReport,
                    source: str = '') -> None:
   """Writes the imported leaves (only those) as an Orbax checkpoint plus import.json."""
-  from recurseed_jax import checkpoint  # pylint: disable=g-import-not-at-top
-  from recurseed_jax import io_utils  # pylint: disable=g-import-not-at-top
+  from recurseed_jax import checkpoint
+  from recurseed_jax import io_utils
   directory = os.path.abspath(directory)
   if os.path.isdir(directory) and os.listdir(directory):
     raise FileExistsError(f'{directory} exists and is not empty; remove it or pick another --dst')
@@ -389,7 +389,7 @@ def load_converted(directory: str, like_variables: Dict[str, Any], strict: bool 
   class-dependent leaves of another shape keep their init), and the stored leaves must cover
   what the checkpoint's kind fills. `kind`, when given, must match the one it was made from.
   """
-  from recurseed_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  from recurseed_jax import checkpoint
   directory = os.path.abspath(directory)
   meta_path = os.path.join(directory, META_FILE)
   if not os.path.isfile(meta_path):

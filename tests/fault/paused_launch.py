@@ -21,8 +21,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
-from recurseed_jax import checkpoint  # pylint: disable=g-import-not-at-top
-from recurseed_jax import io_utils  # pylint: disable=g-import-not-at-top
+from recurseed_jax import checkpoint
+from recurseed_jax import io_utils
 
 
 def _install(pattern, n, ready):

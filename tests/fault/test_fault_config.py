@@ -15,10 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import reference
 from recurseed_jax import checkpoint as ckpt_lib
+from recurseed_jax import config_lib
 from recurseed_jax import train
-from recurseed_jax import validate
+import reference
 from test_launch import TINY
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -35,10 +35,10 @@ def test_crop_larger_than_every_bucket():
   cfg = reference.default_config(**{'data.crop_size': 64, 'infer.buckets': ((48, 64), (64, 48))})
   with pytest.raises(ValueError, match=r'config.data.crop_size=64 is larger than every bucket') \
       as info:
-    validate.validate(cfg)
+    config_lib.validate(cfg)
   assert 'config.infer.buckets=((48, 64), (64, 48))' in str(info.value)
   cfg.infer.buckets = ((48, 64), (64, 64))
-  validate.validate(cfg)
+  config_lib.validate(cfg)
 
 
 def test_infer_batch_not_divisible_by_the_devices_stops_before_any_compute(tmp_path):

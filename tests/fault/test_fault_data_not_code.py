@@ -16,6 +16,7 @@ import pytest
 
 from recurseed_jax import stages
 from recurseed_jax.models import weights
+from recurseed_jax.stages import products
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CODE = ('recurseed_jax', 'data_pipeline', 'bench', 'launch.py')
@@ -67,9 +68,9 @@ class Payload:
 
 
 def _seed_reader(path):
-  run = stages.Run(config=None, workdir=os.path.dirname(os.path.dirname(os.path.dirname(path))),
-                   data=None, class_names=[])
-  return stages._load_seed(run, os.path.basename(path)[:-4])  # pylint: disable=protected-access
+  ctx = stages.Context(config=None, data=None, class_names=(),
+                       workdir=os.path.dirname(os.path.dirname(os.path.dirname(path))))
+  return products.load_seed(ctx, os.path.basename(path)[:-4])
 
 
 def _object_npz(path, mark):

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 
 import data_fixtures as fx
-import reference
 from data_pipeline import coco
 from data_pipeline import coco_prepare
 from data_pipeline import datasets
@@ -23,6 +22,7 @@ from data_pipeline import listing
 from data_pipeline import splits
 from data_pipeline import voc
 from recurseed_jax import io_utils
+import reference
 
 
 def _provider(root, workdir, log=None, **data):
@@ -58,7 +58,7 @@ def _counted_skip(root, workdir, ids, index, path):
   lines = []
   provider = _provider(root, workdir, log=lines.append, skip_corrupt=True)
   assert provider.split('train').ids == [i for k, i in enumerate(ids) if k != index]
-  assert any('skipped 1 corrupt file(s) of 4' in l and path in l for l in lines), lines
+  assert any('skipped 1 corrupt file(s) of 4' in line and path in line for line in lines), lines
   assert next(provider.train_batches())['image'].shape == (4, 32, 32, 3)
 
 
@@ -121,7 +121,7 @@ def test_coco_xml_without_objects_is_a_counted_skip(tmp_path):
   lines = []
   split = coco.load_split(coco.detect(str(tmp_path)), 'train', workers=1, log=lines.append)
   assert split.ids == ids[1:]  # as in the WSSS literature: images without a class are left out
-  assert any('left out 1 of 4 images without any class' in l for l in lines), lines
+  assert any('left out 1 of 4 images without any class' in line for line in lines), lines
 
 
 @pytest.fixture
@@ -150,7 +150,7 @@ def test_coco_polygon_outside_the_image_is_counted(coco_json, tmp_path):
   lines = []
   labels = coco_prepare.prepare_split(root, 'train2014', str(tmp_path / 'm'), workers=0,
                                       class_names=coco.CLASS_NAMES, log=lines.append)
-  note = [l for l in lines if 'reach out of their image' in l]
+  note = [line for line in lines if 'reach out of their image' in line]
   assert len(note) == 1 and path in note[0] and '1 polygon(s)' in note[0], lines
   assert '1 lie wholly outside' in note[0] and '[90, 91]' in note[0]
   with open(labels) as f:  # the clipped person is drawn; the bicycle outside is not

@@ -15,13 +15,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import reference
 from data_pipeline import pipeline
-from recurseed_jax import evaluate
+from recurseed_jax import confusion
 from recurseed_jax import infer
 from recurseed_jax import train
 from recurseed_jax.method import certainty
 from recurseed_jax.method import seeds
+import reference
 
 NUM_CLASSES, CROP, BATCH = 5, 32, 4
 
@@ -99,9 +99,9 @@ def test_scores_of_a_one_pixel_object_and_of_absent_classes():
   gt = np.zeros((10, 10), np.uint8)
   gt[4, 4] = 2
   pred = np.zeros_like(gt)
-  conf = evaluate.confusion_matrix(pred, gt, NUM_CLASSES + 1)
-  s = evaluate.scores(conf)
+  conf = confusion.confusion_matrix(pred, gt, NUM_CLASSES + 1)
+  s = confusion.scores(conf)
   assert s['iou'][2] == 0.0 and np.isnan(s['iou'][3])  # missed; absent from both: left out
   assert np.isfinite(s['miou']) and s['miou'] == pytest.approx(99 / 100 / 2)
   pred[4, 4] = 2
-  assert evaluate.scores(evaluate.confusion_matrix(pred, gt, NUM_CLASSES + 1))['miou'] == 1.0
+  assert confusion.scores(confusion.confusion_matrix(pred, gt, NUM_CLASSES + 1))['miou'] == 1.0

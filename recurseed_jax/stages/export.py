@@ -1,0 +1,58 @@
+"""Stage export: overlays of a sample of training images, the VOC test submission, masks in a
+chosen format.
+
+overlays/<id>.png: image | RecurSeed seed heat | pseudo mask | truth, for export.num_overlays
+evenly spaced training images. submission/results/VOC2012/Segmentation/comp6_test_cls/<id>.png
+and submission/results.tar.gz when the dataset has a test split (the multi-stage segmenter's
+predictions when the predict stage made them). export/<folder>/<id>.png for each folder of
+config.export.mask_dirs.
+"""
+
+import os
+
+import numpy as np
+
+from recurseed_jax import export as export_lib
+from recurseed_jax import infer
+from recurseed_jax import io_utils
+from recurseed_jax.stages import products
+
+
+def _overlays(ctx):
+  train = ctx.data.split('train')
+  n = len(train)
+  k = min(ctx.config.export.num_overlays, n)
+  sample = sorted(set(np.linspace(0, n - 1, k).round().astype(int).tolist())) if k else []
+
+  def panels():
+    for i in sample:
+      image_id = train.ids[i]
+      image = train.image(i)
+      rs = products.load_seed(ctx, image_id)['rs']
+      heat = infer.dequantize(rs).max(axis=-1) if rs.shape[-1] else np.zeros(image.shape[:2])
+      pred = io_utils.load_mask_png(products.mask_path(ctx, image_id))
+      gt = train.mask(i) if train.has_masks else None
+      yield image_id, export_lib.overlay_panel(image, heat, pred, gt)
+
+  export_lib.write_overlays(ctx.path('overlays'), panels())
+  return len(sample)
+
+
+def run(ctx):
+  cfg = ctx.config
+  out = dict(overlays=_overlays(ctx))
+  test, why = products.split_or_none(ctx, 'test')
+  if cfg.export.submission and test is None:
+    ctx.log(f'[export] no test split, VOC submission skipped ({why})')
+  elif cfg.export.submission:
+    folder = 'seg_test' if os.path.isdir(ctx.path('predictions', 'seg_test')) else 'test'
+    tar = export_lib.voc_submission_tree(ctx.path('predictions', folder), ctx.path('submission'),
+                                         ids=test.ids)
+    ctx.log(f'[export] VOC test submission of predictions/{folder}: {tar}')
+    out['submission'] = folder
+  for folder in [f.strip() for f in cfg.export.mask_dirs.split(',') if f.strip()]:
+    written = export_lib.write_masks(ctx.path(folder), ctx.path('export', folder),
+                                     cfg.export.mask_format)
+    ctx.log(f'[export] {len(written)} masks of {folder} -> {ctx.path("export", folder)} '
+            f'({cfg.export.mask_format})')
+  return out

@@ -1,0 +1,100 @@
+"""Runs stages in pipeline order: skip what is marked done, time the rest, mark, summarise.
+
+A stage is a module of this package with `run(ctx) -> dict`; STAGES lists them in pipeline
+order (a new stage is one file plus its name here). Each finished stage writes
+`<workdir>/stages/<name>.json` (atomically) with its seconds and the dict it returned; a rerun
+skips marked stages and an interrupted one resumes from what it wrote. A stage may finish a later
+stage's work on the way (the seeds stage feeds the CRF when both run): it returns
+`also_completes=[names]` and those are marked with it.
+"""
+
+import importlib
+import json
+import os
+import time
+
+import jax
+
+from recurseed_jax import io_utils
+from recurseed_jax.stages import products
+
+# The whole paper in pipeline order: RecurSeed training, its seeds and pseudo masks, the
+# multi-stage segmenter trained on them and its predictions, then scoring and export.
+STAGES = ('train_rs', 'seeds', 'crf', 'train_seg', 'predict', 'evaluate', 'export')
+ALIASES = {'train': 'train_rs'}  # the name before the multi-stage stages existed
+
+
+def stage_module(name):
+  return importlib.import_module(f'recurseed_jax.stages.{name}')
+
+
+def parse_stages(text):
+  """'train,seeds' -> ['train_rs', 'seeds']; ValueError naming an unknown or empty list."""
+  names = [ALIASES.get(s.strip(), s.strip()) for s in str(text).split(',') if s.strip()]
+  unknown = [s for s in names if s not in STAGES]
+  if unknown:
+    raise ValueError(f'unknown stage {unknown[0]!r} in --stages; known stages: {", ".join(STAGES)}')
+  if not names:
+    raise ValueError(f'--stages is empty; known stages: {", ".join(STAGES)}')
+  return names
+
+
+def marker_path(ctx, name):
+  return ctx.path('stages', f'{name}.json')
+
+
+def run_stages(ctx, names):
+  """Runs the named stages of `ctx` in pipeline order, skipping those already marked done."""
+  os.makedirs(ctx.path('stages'), exist_ok=True)
+  todo = [n for n in STAGES if n in names and not os.path.exists(marker_path(ctx, n))]
+  ctx = ctx.replace(todo=frozenset(todo))
+  done = set()
+  for name in STAGES:
+    if name not in names or name in done:
+      continue
+    if name not in todo:
+      ctx.log(f'[{name}] done already, skipping (delete {marker_path(ctx, name)} to redo)')
+      continue
+    ctx.log(f'[{name}] running')
+    t0 = time.time()
+    result = dict(stage_module(name).run(ctx) or {})
+    also = list(result.pop('also_completes', ()))
+    seconds = round(time.time() - t0, 2)
+    extra = dict(overlapped='+'.join([name] + also)) if also else {}
+    for n in [name] + also:
+      io_utils.save_json(marker_path(ctx, n), dict(seconds=seconds, **extra,
+                                                   **(result if n == name else {})))
+      done.add(n)
+  return finalize_summary(ctx)
+
+
+def finalize_summary(ctx):
+  """Adds per-stage seconds to summary.json (if the evaluation exists) and returns it."""
+  path = ctx.path('summary.json')
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    summary = json.load(f)
+  seconds = {}
+  for name in STAGES:
+    marker = marker_path(ctx, name)
+    if os.path.exists(marker):
+      with open(marker) as f:
+        seconds[name] = json.load(f)['seconds']
+  summary['seconds'] = seconds
+  summary['devices'] = jax.device_count()
+  io_utils.save_json(path, summary)
+  return summary
+
+
+def format_summary(summary):
+  """The summary as a markdown table of mIoU per product, then the seconds per stage."""
+  lines = ['| product | mIoU % |', '|---|---|']
+  for key, title in products.TABLE_TITLES.items():
+    if f'{key}_miou' in summary:
+      lines.append(f'| {title} | {100 * summary[f"{key}_miou"]:.1f} |')
+  secs = summary.get('seconds', {})
+  if secs:
+    lines.append('')
+    lines.append('seconds per stage: ' + ', '.join(f'{k} {v:.0f}' for k, v in secs.items()))
+  return '\n'.join(lines)
