@@ -26,6 +26,7 @@ import warnings
 import numpy as np
 from tqdm import tqdm
 
+from data_pipeline import coco_classes
 from recurseed_jax import io_utils
 
 FOLDERS = ('train2014', 'val2014')
@@ -200,11 +201,10 @@ def main(argv=None):
   parser.add_argument('--workers', type=int, default=os.cpu_count() or 1,
                       help='processes (0 or 1: in this process)')
   args = parser.parse_args(argv)
-  from data_pipeline import coco  # pylint: disable=g-import-not-at-top
   out = args.out or os.path.join(args.root, 'semantic_masks')
   try:
     for folder in [f for f in args.folders.split(',') if f]:
-      print(prepare_split(args.root, folder, out, args.workers, coco.CLASS_NAMES))
+      print(prepare_split(args.root, folder, out, args.workers, coco_classes.CLASS_NAMES))
   except (ImportError, FileNotFoundError, ValueError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
