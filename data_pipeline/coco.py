@@ -16,7 +16,10 @@ import numpy as np
 
 from data_pipeline import coco_classes
 from data_pipeline import coco_prepare
-from data_pipeline import listing
+from data_pipeline import image_ids
+from data_pipeline import image_labels
+from data_pipeline import json_cache
+from data_pipeline import required_paths
 from data_pipeline import splits
 
 CLASS_NAMES = coco_classes.CLASS_NAMES
@@ -49,7 +52,7 @@ def _known_layouts():
 
 def detect(root):
   """The layout under `root` (or under root/COCO2014, root/coco); errors name the paths."""
-  root = listing.check_root(root, 'COCO 2014', LAYOUTS)
+  root = required_paths.check_root(root, 'COCO 2014', LAYOUTS)
   bases = (root, os.path.join(root, 'COCO2014'), os.path.join(root, 'coco'))
   looked = []
   for base in bases:
@@ -82,7 +85,7 @@ def _authors_split(layout, name, cache_dir, workers):
                     layout)
   image_dir = _require(os.path.join(folder, 'image'), f'COCO {name} images', layout)
   mask_dir = _require(os.path.join(folder, 'mask'), f'COCO {name} masks', layout)
-  files = listing.stems(image_dir)
+  files = image_ids.stems(image_dir)
   ids = sorted(files)
   if not ids:
     raise ValueError(f'COCO {name} split is empty: no images in {image_dir}')
@@ -90,17 +93,17 @@ def _authors_split(layout, name, cache_dir, workers):
                            np.zeros((len(ids), NUM_CLASSES)),
                            [os.path.join(mask_dir, f'{i}.png') for i in ids],
                            num_classes=NUM_CLASSES)
-  listing.check_exist(split.mask_paths, f'COCO {name} ({mask_dir}; {layout.describe()})')
+  required_paths.check_exist(split.mask_paths, f'COCO {name} ({mask_dir}; {layout.describe()})')
   xml_dir = os.path.join(folder, 'xml')
   has_xml = os.path.isdir(xml_dir)
   if has_xml:
     xmls = [os.path.join(xml_dir, f'{i}.xml') for i in ids]
-    compute = lambda: listing.labels_from_xml(xmls, CLASS_NAMES, workers)
+    compute = lambda: image_labels.labels_from_xml(xmls, CLASS_NAMES, workers)
   else:
-    compute = lambda: listing.labels_from_masks(split, workers)
-  key = listing.cache_key(layout.kind, layout.base, name, ids, has_xml)
-  split.labels = listing.labels_cached(cache_dir, f'labels-coco14-{name}', key, NUM_CLASSES,
-                                       compute)
+    compute = lambda: image_labels.labels_from_masks(split, workers)
+  key = json_cache.cache_key(layout.kind, layout.base, name, ids, has_xml)
+  split.labels = json_cache.labels_cached(cache_dir, f'labels-coco14-{name}', key, NUM_CLASSES,
+                                          compute)
   return split, image_dir
 
 
@@ -111,8 +114,8 @@ def _distributed_split(layout, name, mask_dir, workers, log):
   labels_file = coco_prepare.prepare_split(layout.base, folder, mask_dir, workers, CLASS_NAMES,
                                            log=log)
   split = read_prepared(labels_file, image_dir, os.path.join(mask_dir, folder))
-  listing.check_exist(split.image_paths + split.mask_paths,
-                      f'COCO {name} ({labels_file}; {layout.describe()})')
+  required_paths.check_exist(split.image_paths + split.mask_paths,
+                             f'COCO {name} ({labels_file}; {layout.describe()})')
   return split, image_dir
 
 

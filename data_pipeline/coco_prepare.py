@@ -27,6 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from data_pipeline import coco_classes
+from data_pipeline import image_labels
 from recurseed_jax import io_utils
 
 FOLDERS = ('train2014', 'val2014')
@@ -87,7 +88,7 @@ def category_labels(categories, class_names=None):
   cats = sorted(categories, key=lambda c: c['id'])
   if class_names is not None:
     names = [c['name'] for c in cats]
-    norm = lambda s: ''.join(s.lower().replace('_', ' ').split())
+    norm = image_labels.normalize_name
     if [norm(n) for n in names] != [norm(n) for n in class_names]:
       raise ValueError(f'the annotation categories ({len(names)}: {", ".join(names[:4])}, ...) '
                        f'are not the {len(class_names)} COCO classes this project expects')

@@ -20,10 +20,12 @@ import os
 import numpy as np
 
 from data_pipeline import coco
-from data_pipeline import listing
+from data_pipeline import corrupt_files
+from data_pipeline import json_cache
 from data_pipeline import pipeline
 from data_pipeline import splits
 from data_pipeline import synthetic
+from data_pipeline import thread_pool
 from data_pipeline import voc
 
 KNOWN = ('synthetic', 'voc12', 'coco14')
@@ -123,16 +125,16 @@ class FileData(_StreamMixin):
   def split(self, name):
     """The split as data_pipeline/splits.py describes it (a FileSplit)."""
     d = self.config.data
-    workers = listing.workers_or_default(d.get('workers', 0))
+    workers = thread_pool.workers_or_default(d.get('workers', 0))
     if self.module is voc:
       split = voc.load_split(self.layout, name, self.cache_dir, workers)
     else:
       split = coco.load_split(self.layout, name, self.cache_dir, workers,
                               mask_dir=d.get('coco_mask_dir', ''), log=self.log)
     if d.get('skip_corrupt'):
-      key = listing.cache_key(self.layout.kind, self.layout.base, name, split.ids)
-      split = listing.drop_corrupt(split, self.cache_dir, key, workers, self.log,
-                                   where=f'{d.name} {name}')
+      key = json_cache.cache_key(self.layout.kind, self.layout.base, name, split.ids)
+      split = corrupt_files.drop_corrupt(split, self.cache_dir, key, workers, self.log,
+                                         where=f'{d.name} {name}')
     return split
 
   def _source(self, split):
