@@ -1,6 +1,6 @@
 """What the host stages see of one dataset split: ids, image labels, and images read one by one.
 
-Every dataset provider (data_pipeline/datasets.py) returns splits with this interface, so the
+Every dataset provider (data_pipeline/providers.py) returns splits with this interface, so the
 seeds, CRF, evaluation and export stages never care whether images live in one array (the
 synthetic benchmark), in JPEG/PNG folders (VOC, COCO) or in TFRecords:
 

@@ -12,7 +12,7 @@ from configs import coco14_rs50
 from configs import default
 from data_pipeline import coco
 from data_pipeline import coco_prepare
-from data_pipeline import datasets
+from data_pipeline import providers
 from recurseed_jax import io_utils
 from recurseed_jax import validate
 
@@ -92,7 +92,7 @@ def test_distributed_layout_prepared_lazily(tmp_path):
   root = str(tmp_path / 'coco')
   sizes = fx.coco_distributed(root)
   lines = []
-  provider = datasets.FileData(_config(root), str(tmp_path / 'w'), log=lines.append)
+  provider = providers.FileData(_config(root), str(tmp_path / 'w'), log=lines.append)
   assert provider.layout.kind == coco.DISTRIBUTED
   assert any('rasterising COCO train2014' in l for l in lines)
   assert any('left out 1 of 3 images without any class' in l for l in lines)

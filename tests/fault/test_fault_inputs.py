@@ -18,8 +18,8 @@ import data_fixtures as fx
 import reference
 from data_pipeline import coco
 from data_pipeline import coco_prepare
-from data_pipeline import datasets
 from data_pipeline import image_ids
+from data_pipeline import providers
 from data_pipeline import splits
 from data_pipeline import voc
 from recurseed_jax import io_utils
@@ -32,7 +32,7 @@ def _provider(root, workdir, log=None, **data):
       'data.threads': 1, 'train.batch_size': 4})  # 4 images, batch 4: batch 0 holds them all
   for key, value in data.items():
     cfg.data[key] = value
-  return datasets.FileData(cfg, workdir, log=log or (lambda _: None))
+  return providers.FileData(cfg, workdir, log=log or (lambda _: None))
 
 
 @pytest.fixture

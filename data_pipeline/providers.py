@@ -11,7 +11,7 @@ by `<mask_dir>/<id>.png` (pseudo masks as the segmenter's ground truth).
 
 `build(config, workdir)` picks the reader for config.data.name ('synthetic', 'voc12', 'coco14')
 and config.data.source ('files': the folders as they are; 'tfds': records written once by a TFDS
-builder, data_pipeline/tfds_builders.py).
+builder, data_pipeline/tfds_builders.py); data_pipeline/registry.py holds those names.
 """
 
 import functools
@@ -23,13 +23,11 @@ from data_pipeline import coco
 from data_pipeline import corrupt_files
 from data_pipeline import json_cache
 from data_pipeline import pipeline
+from data_pipeline import registry
 from data_pipeline import splits
 from data_pipeline import synthetic
 from data_pipeline import thread_pool
 from data_pipeline import voc
-
-KNOWN = ('synthetic', 'voc12', 'coco14')
-SOURCES = ('files', 'tfds')
 
 
 def mask_paths(split, mask_dir):
@@ -185,12 +183,13 @@ class RecordData(_StreamMixin):
 def build(config, workdir):
   """The provider of config.data.name / config.data.source."""
   d = config.data
-  if d.name not in KNOWN:
+  if d.name not in registry.DATASETS:
     raise ValueError(f'config.data.name={d.name!r} is not a known dataset; known: '
-                     f'{", ".join(KNOWN)}')
+                     f'{", ".join(registry.DATASETS)}')
   source = d.get('source', 'files')
-  if source not in SOURCES:
-    raise ValueError(f'config.data.source={source!r} is not one of: {", ".join(SOURCES)}')
+  if source not in registry.SOURCES:
+    raise ValueError(f'config.data.source={source!r} is not one of: '
+                     f'{", ".join(registry.SOURCES)}')
   if source == 'tfds':
     return RecordData(config, workdir)
   if d.name == 'synthetic':
