@@ -1,13 +1,11 @@
 """Data providers: what the stages see of a dataset (splits, training batches).
 
-A provider has `class_names` (C names, no background), `split(name)` for 'train' (what RecurSeed
-trains on and makes pseudo masks for: VOC train_aug, COCO train), 'val' and, where the dataset has
-it, 'test' (data_pipeline/splits.py's interface), and
-`train_batches(start_step=0, process_index=0, process_count=1, config=None, mask_dir=None)`:
-augmented numpy batches of this process's rows of every global batch, from that step on
-(deterministic for config.seed). `config` replaces the provider's own for the batch size, seed
-and augmentation (the multi-stage segmenter has its own); `mask_dir` replaces the dataset's masks
-by `<mask_dir>/<id>.png` (pseudo masks as the segmenter's ground truth).
+A provider has `class_names` (C names, no background), `split(name)` ('train', 'val', and 'test'
+where the dataset has one; data_pipeline/splits.py's splits) and
+`train_batches(start_step=0, process_index=0, process_count=1, config=None, mask_dir=None)`;
+data_pipeline/interfaces.py's `Provider` Protocol says what each member holds. The three here
+are SyntheticData (the embedded benchmark, in memory), FileData (VOC and COCO folders) and
+RecordData (the records of a TFDS builder).
 
 `build(config, workdir)` picks the reader for config.data.name ('synthetic', 'voc12', 'coco14')
 and config.data.source ('files': the folders as they are; 'tfds': records written once by a TFDS
@@ -21,6 +19,7 @@ import numpy as np
 
 from data_pipeline import coco
 from data_pipeline import corrupt_files
+from data_pipeline import interfaces
 from data_pipeline import json_cache
 from data_pipeline import pipeline
 from data_pipeline import registry
@@ -180,7 +179,7 @@ class RecordData(_StreamMixin):
                      'ground-truth masks, not the pseudo masks)')
 
 
-def build(config, workdir):
+def build(config, workdir) -> interfaces.Provider:
   """The provider of config.data.name / config.data.source."""
   d = config.data
   if d.name not in registry.DATASETS:

@@ -8,6 +8,7 @@ import pytest
 
 import data_fixtures as fx
 from configs import default
+from data_pipeline import interfaces
 from data_pipeline import providers
 from data_pipeline import splits
 
@@ -69,6 +70,8 @@ def test_voc_builder_records_equal_the_files(tmp_path):
   assert any('building voc2012_wsss from PASCAL VOC 2012 in the standard layout' in l
              for l in lines)
   assert sorted(records.builder.info.splits.keys()) == ['test', 'train', 'val']
+  assert isinstance(records, interfaces.Provider)
+  assert isinstance(records.split('train'), interfaces.Split)
   for name in ('train', 'val', 'test'):
     _assert_same_splits(files.split(name), records.split(name))
   assert not records.split('test').has_masks

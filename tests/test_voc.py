@@ -10,6 +10,7 @@ import pytest
 import data_fixtures as fx
 from configs import default
 from configs import voc12_rs50
+from data_pipeline import interfaces
 from data_pipeline import providers
 from data_pipeline import splits
 from data_pipeline import voc
@@ -59,6 +60,7 @@ def test_layout_detected_and_splits_read(trees, tmp_path, layout):
   assert voc.LAYOUTS[provider.layout.kind] in lines[0]  # says which layout it found
   assert provider.layout.kind == (voc.AUTHORS if layout == 'authors' else voc.STANDARD)
   assert provider.class_names == list(voc.CLASS_NAMES)
+  assert isinstance(provider, interfaces.Provider)
   expected = (dict(train=ids['train_aug'], val=ids['validation'], test=ids['test'])
               if layout == 'authors' else ids)
   for name in ('train', 'val', 'test'):
