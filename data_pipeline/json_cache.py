@@ -14,6 +14,11 @@ import numpy as np
 from recurseed_jax import io_utils
 
 
+def cache_dir(config, workdir):
+  """Where label caches and scans go: config.data.cache_dir or <workdir>/data."""
+  return config.data.cache_dir or os.path.join(workdir, 'data')
+
+
 def cache_key(*parts):
   """A short digest of json-able parts (root, layout, split, the id list...)."""
   return hashlib.sha1(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]

@@ -321,8 +321,7 @@ def checked_iterator(ds, start_step, diagnose):
 
 def stream_kwargs(data_config):
   """`train_stream`'s augmentation keywords from `config.data`."""
-  long_side = data_config.get('long_side')
-  scale_range = data_config.get('scale_range')
+  long_side, scale_range = data_config.long_side, data_config.scale_range
   return dict(
       crop_size=data_config.crop_size,
       scale_range=tuple(scale_range) if scale_range is not None else None,
@@ -332,7 +331,7 @@ def stream_kwargs(data_config):
       mean=tuple(data_config.mean),
       std=tuple(data_config.std),
       shuffle_buffer=data_config.shuffle_buffer,
-      threads=data_config.get('threads', 0))
+      threads=data_config.threads)
 
 
 def train_iterator_from_config(data_config, images, masks, labels, batch_size, seed, start_step=0,

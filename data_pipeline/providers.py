@@ -39,11 +39,6 @@ def mask_paths(split, mask_dir):
   return paths
 
 
-def cache_dir(config, workdir):
-  """Where label caches and scans go: config.data.cache_dir or <workdir>/data."""
-  return config.data.get('cache_dir') or os.path.join(workdir, 'data')
-
-
 class SyntheticData:
   """The embedded benchmark, generated once into its cache folder."""
 
@@ -110,7 +105,7 @@ class FileData(_StreamMixin):
   def __init__(self, config, workdir, log=print):
     self.config = config
     self.log = log
-    self.cache_dir = cache_dir(config, workdir)
+    self.cache_dir = json_cache.cache_dir(config, workdir)
     d = config.data
     self.module = voc if d.name == 'voc12' else coco
     self.layout = self.module.detect(d.root)
@@ -122,13 +117,13 @@ class FileData(_StreamMixin):
   def split(self, name):
     """The split as data_pipeline/splits.py describes it (a FileSplit)."""
     d = self.config.data
-    workers = thread_pool.workers_or_default(d.get('workers', 0))
+    workers = thread_pool.workers_or_default(d.workers)
     if self.module is voc:
       split = voc.load_split(self.layout, name, self.cache_dir, workers)
     else:
       split = coco.load_split(self.layout, name, self.cache_dir, workers,
-                              mask_dir=d.get('coco_mask_dir', ''), log=self.log)
-    if d.get('skip_corrupt'):
+                              mask_dir=d.coco_mask_dir, log=self.log)
+    if d.skip_corrupt:
       key = json_cache.cache_key(self.layout.kind, self.layout.base, name, split.ids)
       split = corrupt_files.drop_corrupt(split, self.cache_dir, key, workers, self.log,
                                          where=f'{d.name} {name}')
@@ -185,11 +180,10 @@ def build(config, workdir) -> interfaces.Provider:
   if d.name not in registry.DATASETS:
     raise ValueError(f'config.data.name={d.name!r} is not a known dataset; known: '
                      f'{", ".join(registry.DATASETS)}')
-  source = d.get('source', 'files')
-  if source not in registry.SOURCES:
-    raise ValueError(f'config.data.source={source!r} is not one of: '
+  if d.source not in registry.SOURCES:
+    raise ValueError(f'config.data.source={d.source!r} is not one of: '
                      f'{", ".join(registry.SOURCES)}')
-  if source == 'tfds':
+  if d.source == 'tfds':
     return RecordData(config, workdir)
   if d.name == 'synthetic':
     return SyntheticData(config, workdir)
