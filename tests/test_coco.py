@@ -14,6 +14,7 @@ from configs import default
 from data_pipeline import coco
 from data_pipeline import coco_prepare
 from data_pipeline import providers
+from data_pipeline import registry
 from recurseed_jax import io_utils
 from recurseed_jax import validate
 
@@ -191,6 +192,11 @@ def test_authors_layout_labels_from_xml_or_masks(tmp_path, xml):
     for i in range(len(split)):
       present = {int(v) - 1 for v in np.unique(split.mask(i)) if 0 < v < 255}
       assert present == set(np.flatnonzero(split.labels[i]).tolist())
+
+
+def test_registry_class_count_is_the_readers():
+  assert registry.DATASETS['coco14'] == coco.NUM_CLASSES == len(coco.CLASS_NAMES) == 80
+  assert len(coco.CATEGORY_IDS) == 80
 
 
 def test_missing_root_names_path_and_layouts(tmp_path):

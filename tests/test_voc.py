@@ -12,6 +12,7 @@ from configs import default
 from configs import voc12_rs50
 from data_pipeline import interfaces
 from data_pipeline import providers
+from data_pipeline import registry
 from data_pipeline import splits
 from data_pipeline import voc
 from recurseed_jax import validate
@@ -102,6 +103,10 @@ def test_authors_labels_from_masks_when_no_xml(tmp_path):
   split = voc.load_split(voc.detect(str(tmp_path)), 'train')
   _check_split(split, ids['train_aug'], with_masks=True)
   assert split.labels.any(axis=1).all()
+
+
+def test_registry_class_count_is_the_readers():
+  assert registry.DATASETS['voc12'] == voc.NUM_CLASSES == len(voc.CLASS_NAMES) == 20
 
 
 def test_missing_root_names_path_and_layouts(tmp_path):
