@@ -46,4 +46,5 @@ def test_data_registry_splits_and_interfaces_import_without_tensorflow():
                      text=True, timeout=120)
   assert r.returncode == 0, r.stderr[-3000:]
   result = json.loads(r.stdout.strip().splitlines()[-1])
-  assert not result['tensorflow'], 'importing data_pipeline.registry / splits pulled in tensorflow'
+  assert not result['tensorflow'], ('importing data_pipeline.registry / splits / interfaces '
+                                    'pulled in tensorflow')
