@@ -165,10 +165,10 @@ def _run(config, names, workdir):
   from recurseed_jax import stages as stages_lib
   io_utils.atomic_write_bytes(os.path.join(workdir, 'config.json'),
                               config.to_json_best_effort(indent=2).encode())
-  from data_pipeline import datasets
+  from data_pipeline import providers
   from data_pipeline import splits
   try:
-    data = datasets.build(config, workdir)
+    data = providers.build(config, workdir)
   except (ValueError, FileNotFoundError) as e:
     _fail(str(e))
   ctx = stages_lib.Context(config=config, workdir=workdir, data=data,

@@ -22,7 +22,7 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import voc12_rs50
-from data_pipeline import datasets
+from data_pipeline import providers
 from data_pipeline import voc
 
 
@@ -85,7 +85,7 @@ def main(argv=None):
         cfg.data.root, cfg.data.source, cfg.data.threads = root, source, t
         cfg.data.cache_dir = os.path.join(tmp, 'cache')
         cfg.train.batch_size = args.batch
-        provider = datasets.build(cfg, os.path.join(tmp, 'work'))
+        provider = providers.build(cfg, os.path.join(tmp, 'work'))
         rate = measure(provider, args.batch, args.steps)
         rows.append(dict(source=source, threads=t, images_per_s=round(rate, 1),
                          images_per_s_per_thread=round(rate / t, 1)))

@@ -16,7 +16,7 @@ import os
 # Before the first tensorflow import: keep TF's C++ log spam out of the training logs.
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
-import tensorflow as tf  # pylint: disable=g-import-not-at-top
+import tensorflow as tf
 
 IGNORE_LABEL = 255
 

@@ -14,27 +14,17 @@ import os
 
 import numpy as np
 
+from data_pipeline import coco_classes
 from data_pipeline import coco_prepare
-from data_pipeline import listing
+from data_pipeline import image_ids
+from data_pipeline import image_labels
+from data_pipeline import json_cache
+from data_pipeline import required_paths
 from data_pipeline import splits
 
-CLASS_NAMES = (
-    'person', 'bicycle', 'car', 'motorcycle', 'airplane', 'bus', 'train', 'truck', 'boat',
-    'traffic light', 'fire hydrant', 'stop sign', 'parking meter', 'bench', 'bird', 'cat', 'dog',
-    'horse', 'sheep', 'cow', 'elephant', 'bear', 'zebra', 'giraffe', 'backpack', 'umbrella',
-    'handbag', 'tie', 'suitcase', 'frisbee', 'skis', 'snowboard', 'sports ball', 'kite',
-    'baseball bat', 'baseball glove', 'skateboard', 'surfboard', 'tennis racket', 'bottle',
-    'wine glass', 'cup', 'fork', 'knife', 'spoon', 'bowl', 'banana', 'apple', 'sandwich', 'orange',
-    'broccoli', 'carrot', 'hot dog', 'pizza', 'donut', 'cake', 'chair', 'couch', 'potted plant',
-    'bed', 'dining table', 'toilet', 'tv', 'laptop', 'mouse', 'remote', 'keyboard', 'cell phone',
-    'microwave', 'oven', 'toaster', 'sink', 'refrigerator', 'book', 'clock', 'vase', 'scissors',
-    'teddy bear', 'hair drier', 'toothbrush')
-# COCO's category ids of the classes above (ids 1..90 with gaps); mask value k + 1 = CLASS_NAMES[k].
-CATEGORY_IDS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24,
-                25, 27, 28, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 46, 47, 48, 49,
-                50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 67, 70, 72, 73, 74,
-                75, 76, 77, 78, 79, 80, 81, 82, 84, 85, 86, 87, 88, 89, 90)
-NUM_CLASSES = len(CLASS_NAMES)
+CLASS_NAMES = coco_classes.CLASS_NAMES
+CATEGORY_IDS = coco_classes.CATEGORY_IDS
+NUM_CLASSES = coco_classes.NUM_CLASSES
 SPLITS = ('train', 'val')
 
 AUTHORS, DISTRIBUTED = 'authors', 'distributed'
@@ -62,7 +52,7 @@ def _known_layouts():
 
 def detect(root):
   """The layout under `root` (or under root/COCO2014, root/coco); errors name the paths."""
-  root = listing.check_root(root, 'COCO 2014', LAYOUTS)
+  root = required_paths.check_root(root, 'COCO 2014', LAYOUTS)
   bases = (root, os.path.join(root, 'COCO2014'), os.path.join(root, 'coco'))
   looked = []
   for base in bases:
@@ -95,7 +85,7 @@ def _authors_split(layout, name, cache_dir, workers):
                     layout)
   image_dir = _require(os.path.join(folder, 'image'), f'COCO {name} images', layout)
   mask_dir = _require(os.path.join(folder, 'mask'), f'COCO {name} masks', layout)
-  files = listing.stems(image_dir)
+  files = image_ids.stems(image_dir)
   ids = sorted(files)
   if not ids:
     raise ValueError(f'COCO {name} split is empty: no images in {image_dir}')
@@ -103,17 +93,17 @@ def _authors_split(layout, name, cache_dir, workers):
                            np.zeros((len(ids), NUM_CLASSES)),
                            [os.path.join(mask_dir, f'{i}.png') for i in ids],
                            num_classes=NUM_CLASSES)
-  listing.check_exist(split.mask_paths, f'COCO {name} ({mask_dir}; {layout.describe()})')
+  required_paths.check_exist(split.mask_paths, f'COCO {name} ({mask_dir}; {layout.describe()})')
   xml_dir = os.path.join(folder, 'xml')
   has_xml = os.path.isdir(xml_dir)
   if has_xml:
     xmls = [os.path.join(xml_dir, f'{i}.xml') for i in ids]
-    compute = lambda: listing.labels_from_xml(xmls, CLASS_NAMES, workers)
+    compute = lambda: image_labels.labels_from_xml(xmls, CLASS_NAMES, workers)
   else:
-    compute = lambda: listing.labels_from_masks(split, workers)
-  key = listing.cache_key(layout.kind, layout.base, name, ids, has_xml)
-  split.labels = listing.labels_cached(cache_dir, f'labels-coco14-{name}', key, NUM_CLASSES,
-                                       compute)
+    compute = lambda: image_labels.labels_from_masks(split, workers)
+  key = json_cache.cache_key(layout.kind, layout.base, name, ids, has_xml)
+  split.labels = json_cache.labels_cached(cache_dir, f'labels-coco14-{name}', key, NUM_CLASSES,
+                                          compute)
   return split, image_dir
 
 
@@ -124,14 +114,14 @@ def _distributed_split(layout, name, mask_dir, workers, log):
   labels_file = coco_prepare.prepare_split(layout.base, folder, mask_dir, workers, CLASS_NAMES,
                                            log=log)
   split = read_prepared(labels_file, image_dir, os.path.join(mask_dir, folder))
-  listing.check_exist(split.image_paths + split.mask_paths,
-                      f'COCO {name} ({labels_file}; {layout.describe()})')
+  required_paths.check_exist(split.image_paths + split.mask_paths,
+                             f'COCO {name} ({labels_file}; {layout.describe()})')
   return split, image_dir
 
 
 def read_prepared(labels_file, image_dir, mask_dir):
   """The FileSplit of a prepared folder: ids and labels from the labels file of coco_prepare."""
-  import json  # pylint: disable=g-import-not-at-top
+  import json
   with open(labels_file) as f:
     present = json.load(f)
   ids = sorted(present)

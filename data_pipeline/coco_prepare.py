@@ -8,10 +8,11 @@ reads `<root>/annotations/instances_{train,val}2014.json` and writes, for every 
 later one covers an earlier one) and `<out>/{train,val}2014_labels.json` ({id: [classes present,
 0-based]}). Default out: `<root>/semantic_masks`. Resumable: existing PNGs are kept (read back for
 their labels); every file is written atomically; with workers > 1 the work runs in a 'spawn'
-process pool. The COCO
-provider (data_pipeline/coco.py) runs this lazily when the labels file is missing. Annotations
-are checked first (`checked_annotations`): a malformed one is an error naming the file and its
-id; polygons reaching out of their image are clipped or left out, and counted in the log.
+process pool. The COCO provider (data_pipeline/coco.py) runs this lazily when the labels file is
+missing. Annotations are checked first (`read_instances`, `checked_annotations`): a malformed
+one is an error naming the file and its id; polygons reaching out of their image are clipped or
+left out, and counted in the log. On the command line a user error (a missing folder, an
+annotation file cut short or of another kind) ends in one line naming it, exit status 2.
 """
 
 import argparse
@@ -26,6 +27,8 @@ import warnings
 import numpy as np
 from tqdm import tqdm
 
+from data_pipeline import coco_classes
+from data_pipeline import image_labels
 from recurseed_jax import io_utils
 
 FOLDERS = ('train2014', 'val2014')
@@ -35,7 +38,7 @@ CROWD = 255
 def mask_api():
   """pycocotools.mask, or an error that says how to get it."""
   try:
-    from pycocotools import mask as mask_utils  # pylint: disable=g-import-not-at-top
+    from pycocotools import mask as mask_utils
   except ImportError as e:
     raise ImportError('the COCO prepare step needs pycocotools to rasterise the polygons of '
                       'instances_*.json: pip install pycocotools') from e
@@ -86,7 +89,7 @@ def category_labels(categories, class_names=None):
   cats = sorted(categories, key=lambda c: c['id'])
   if class_names is not None:
     names = [c['name'] for c in cats]
-    norm = lambda s: ''.join(s.lower().replace('_', ' ').split())
+    norm = image_labels.normalize_name
     if [norm(n) for n in names] != [norm(n) for n in class_names]:
       raise ValueError(f'the annotation categories ({len(names)}: {", ".join(names[:4])}, ...) '
                        f'are not the {len(class_names)} COCO classes this project expects')
@@ -122,9 +125,12 @@ def checked_annotations(data, label_of, ann_file, log=print):
     if ann.get('image_id') not in sizes:
       continue  # an image the file does not list: nothing to draw it on
     seg = ann.get('segmentation')
-    if not isinstance(seg, list):
+    if isinstance(seg, dict) and 'counts' in seg and 'size' in seg:
       yield ann  # RLE: sized to its image by construction
       continue
+    if not isinstance(seg, list):
+      raise ValueError(f'{where} has a segmentation that is neither polygons (a list) nor RLE '
+                       '(counts and size)')
     keep = []
     for poly in seg:
       if not isinstance(poly, list) or len(poly) < 6 or len(poly) % 2:
@@ -144,6 +150,35 @@ def checked_annotations(data, label_of, ann_file, log=print):
         f'{sorted(set(partly + out))[:5]})')
 
 
+# The fields this step reads of each entry of an instances JSON.
+_FIELDS = dict(images=('id', 'file_name', 'height', 'width'), categories=('id', 'name'),
+               annotations=('image_id', 'category_id', 'segmentation'))
+
+
+def read_instances(ann_file):
+  """The parsed instances JSON, its entries checked for the fields read here; errors name it.
+
+  A file cut short or of another kind would otherwise fail deep in the rasterising (a KeyError in
+  a worker process); checked here, it is one error naming the file and the entry.
+  """
+  try:
+    with open(ann_file, 'rb') as f:
+      data = json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ValueError(f'cannot parse COCO annotations {ann_file}: {e} (cut short? fetch it '
+                     'again)') from e
+  for key, fields in _FIELDS.items():
+    entries = data.get(key) if isinstance(data, dict) else None
+    if not isinstance(entries, list):
+      raise ValueError(f'{ann_file} is not a COCO instances file: it has no {key!r} list')
+    for k, entry in enumerate(entries):
+      lacks = [f for f in fields if f not in entry] if isinstance(entry, dict) else fields
+      if lacks:
+        raise ValueError(f'{ann_file}: {key}[{k}] lacks {", ".join(lacks)} (a COCO instances '
+                         f'file gives every entry of {key!r} {", ".join(fields)})')
+  return data
+
+
 def labels_path(out_dir, folder):
   return os.path.join(out_dir, f'{folder}_labels.json')
 
@@ -159,8 +194,7 @@ def prepare_split(root, folder, out_dir, workers=0, class_names=None, log=print)
     raise FileNotFoundError(f'COCO annotations not found: {ann_file} (the COCO 2014 layout as '
                             'distributed: train2014/, val2014/, annotations/instances_*.json)')
   log(f'data: rasterising COCO {folder} masks from {ann_file} into {out_dir}/{folder} (once)')
-  with open(ann_file) as f:
-    data = json.load(f)
+  data = read_instances(ann_file)
   label_of = category_labels(data['categories'], class_names)
   by_image = collections.defaultdict(list)
   for ann in checked_annotations(data, label_of, ann_file, log):
@@ -192,21 +226,36 @@ def prepare_split(root, folder, out_dir, workers=0, class_names=None, log=print)
   return done
 
 
+class _Parser(argparse.ArgumentParser):
+  """argparse whose usage errors are one line and exit 2, like every other error of main."""
+
+  def error(self, message):
+    self.exit(2, f'error: {message} (see --help)\n')
+
+
+def _one_line(error):
+  return ' '.join(str(error).split())
+
+
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  """The command line; a user error (missing folder, bad annotations...) is one line, exit 2."""
+  parser = _Parser(description=__doc__.split('\n')[0])
   parser.add_argument('--root', required=True, help='holds train2014/, val2014/, annotations/')
   parser.add_argument('--out', default='', help='mask folder (default: <root>/semantic_masks)')
   parser.add_argument('--folders', default=','.join(FOLDERS), help='comma-separated')
   parser.add_argument('--workers', type=int, default=os.cpu_count() or 1,
                       help='processes (0 or 1: in this process)')
   args = parser.parse_args(argv)
-  from data_pipeline import coco  # pylint: disable=g-import-not-at-top
+  if not os.path.isdir(args.root):
+    print(f'error: --root {args.root} is not a folder; it should hold train2014/, val2014/ and '
+          'annotations/instances_{train,val}2014.json', file=sys.stderr)
+    return 2
   out = args.out or os.path.join(args.root, 'semantic_masks')
   try:
     for folder in [f for f in args.folders.split(',') if f]:
-      print(prepare_split(args.root, folder, out, args.workers, coco.CLASS_NAMES))
-  except (ImportError, FileNotFoundError, ValueError) as e:
-    print(f'error: {e}', file=sys.stderr)
+      print(prepare_split(args.root, folder, out, args.workers, coco_classes.CLASS_NAMES))
+  except (ImportError, OSError, ValueError) as e:  # OSError: unreadable, unwritable, no space
+    print(f'error: {_one_line(e)}', file=sys.stderr)
     return 2
   return 0
 

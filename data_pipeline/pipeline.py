@@ -23,11 +23,11 @@ from typing import Callable
 # Before the first tensorflow import: keep TF's C++ log spam out of the training logs.
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
-import numpy as np  # pylint: disable=g-import-not-at-top
-import tensorflow as tf  # pylint: disable=g-import-not-at-top
+import numpy as np
+import tensorflow as tf
 
-from data_pipeline import augment  # pylint: disable=g-import-not-at-top
-from recurseed_jax import io_utils  # pylint: disable=g-import-not-at-top
+from data_pipeline import augment
+from recurseed_jax import io_utils
 
 try:
   # The accelerators belong to JAX: TF must neither claim GPU memory nor place ops there.
@@ -321,8 +321,7 @@ def checked_iterator(ds, start_step, diagnose):
 
 def stream_kwargs(data_config):
   """`train_stream`'s augmentation keywords from `config.data`."""
-  long_side = data_config.get('long_side')
-  scale_range = data_config.get('scale_range')
+  long_side, scale_range = data_config.long_side, data_config.scale_range
   return dict(
       crop_size=data_config.crop_size,
       scale_range=tuple(scale_range) if scale_range is not None else None,
@@ -332,7 +331,7 @@ def stream_kwargs(data_config):
       mean=tuple(data_config.mean),
       std=tuple(data_config.std),
       shuffle_buffer=data_config.shuffle_buffer,
-      threads=data_config.get('threads', 0))
+      threads=data_config.threads)
 
 
 def train_iterator_from_config(data_config, images, masks, labels, batch_size, seed, start_step=0,
@@ -355,7 +354,7 @@ def train_iterator_from_config(data_config, images, masks, labels, batch_size, s
     An iterator of dicts of numpy arrays (see `train_stream`).
   """
   if process_index is None or process_count is None:
-    import jax  # pylint: disable=g-import-not-at-top
+    import jax
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
   ds = train_dataset(images, masks, labels, batch_size=batch_size, seed=seed,

@@ -15,10 +15,11 @@ import struct
 import numpy as np
 from PIL import Image
 
-from data_pipeline import pipeline
+from data_pipeline import pipeline  # first: it quiets TF's C++ logs before tensorflow loads
 from recurseed_jax import io_utils
 
-import tensorflow as tf  # pylint: disable=g-bad-import-order  (after pipeline: quiet, CPU only)
+# isort: split
+import tensorflow as tf
 
 INDEX_VERSION = 1
 

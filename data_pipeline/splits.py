@@ -1,8 +1,9 @@
 """What the host stages see of one dataset split: ids, image labels, and images read one by one.
 
-Every dataset provider (data_pipeline/datasets.py) returns splits with this interface, so the
-seeds, CRF, evaluation and export stages never care whether images live in one array (the
-synthetic benchmark), in JPEG/PNG folders (VOC, COCO) or in TFRecords:
+Every dataset provider (data_pipeline/providers.py) returns splits of one interface,
+data_pipeline/interfaces.py's `Split` Protocol, so the seeds, CRF, evaluation and export stages
+never care whether images live in one array (the synthetic benchmark), in JPEG/PNG folders (VOC,
+COCO) or in TFRecords:
 
   len(split)        number of images
   split.ids         list of image ids (file stems), in a fixed order

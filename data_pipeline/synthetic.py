@@ -165,12 +165,14 @@ def prepare(data_config, workdir):
   if os.path.exists(os.path.join(root, 'meta.json')):
     return root
   os.makedirs(root, exist_ok=True)
-  for split, n, seed in (('train', p['num_train'], p['seed']), ('val', p['num_val'], p['seed'] + 1)):
+  for split, n, seed in (('train', p['num_train'], p['seed']),
+                         ('val', p['num_val'], p['seed'] + 1)):
     arrays = generate(n, p['num_classes'], p['image_size'], seed)
     with io_utils.atomic_path(os.path.join(root, f'{split}.npz')) as tmp:
       with open(tmp, 'wb') as f:
         np.savez(f, **arrays)
-  io_utils.save_json(os.path.join(root, 'meta.json'), dict(p, class_names=class_names(p['num_classes'])))
+  io_utils.save_json(os.path.join(root, 'meta.json'),
+                     dict(p, class_names=class_names(p['num_classes'])))
   return root
 
 

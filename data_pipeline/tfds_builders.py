@@ -22,11 +22,13 @@ import numpy as np
 from PIL import Image
 
 from data_pipeline import coco
+from data_pipeline import json_cache
 from data_pipeline import splits
 from data_pipeline import synthetic
 from data_pipeline import voc
 
-import tensorflow_datasets as tfds  # pylint: disable=g-bad-import-order
+# isort: split
+import tensorflow_datasets as tfds  # last, as it always was: TF starts after our modules
 
 
 def _png(array):
@@ -173,16 +175,14 @@ class SyntheticWsss(_WsssBuilder):
 
 def tfds_dir(config, workdir):
   """config.data.tfds_dir, or <cache_dir or workdir/data>/tfds."""
-  if config.data.get('tfds_dir'):
-    return config.data.tfds_dir
-  return os.path.join(config.data.get('cache_dir') or os.path.join(workdir, 'data'), 'tfds')
+  return config.data.tfds_dir or os.path.join(json_cache.cache_dir(config, workdir), 'tfds')
 
 
 def make_builder(config, workdir, log=print):
   """The prepared builder of config.data.name (built into tfds_dir on first use)."""
   d = config.data
-  kwargs = dict(data_dir=tfds_dir(config, workdir), skip_corrupt=bool(d.get('skip_corrupt')),
-                workers=d.get('workers', 0), log=log)
+  kwargs = dict(data_dir=tfds_dir(config, workdir), skip_corrupt=bool(d.skip_corrupt),
+                workers=d.workers, log=log)
   if d.name == 'synthetic':
     manual = synthetic.prepare(d, workdir)
     builder = SyntheticWsss(config=SyntheticConfig(name=os.path.basename(manual),
@@ -193,7 +193,7 @@ def make_builder(config, workdir, log=print):
   elif d.name == 'coco14':
     layout = coco.detect(d.root)
     manual = layout.base
-    builder = Coco2014Wsss(mask_dir=d.get('coco_mask_dir', ''), **kwargs)
+    builder = Coco2014Wsss(mask_dir=d.coco_mask_dir, **kwargs)
   else:
     raise ValueError(f'config.data.name={d.name!r} has no TFDS builder')
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual))

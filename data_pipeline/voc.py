@@ -14,7 +14,10 @@ import os
 
 import numpy as np
 
-from data_pipeline import listing
+from data_pipeline import image_ids
+from data_pipeline import image_labels
+from data_pipeline import json_cache
+from data_pipeline import required_paths
 from data_pipeline import splits
 from recurseed_jax import io_utils
 
@@ -51,7 +54,7 @@ def _known_layouts():
 
 def detect(root):
   """The layout under `root` (the VOC2012 folder, or a folder above it); errors name the paths."""
-  root = listing.check_root(root, 'PASCAL VOC 2012', LAYOUTS)
+  root = required_paths.check_root(root, 'PASCAL VOC 2012', LAYOUTS)
   looked = []
   for base in (root, os.path.join(root, 'VOC2012')):
     marks = [os.path.join(base, f, 'image') for f in ('train_aug', 'validation', 'train')]
@@ -75,15 +78,15 @@ def _require(path, what, layout):
 
 
 def _labels(layout, split_name, split, xml_paths, cache_dir, workers):
-  key = listing.cache_key(layout.kind, layout.base, split_name, split.ids, xml_paths is not None)
+  key = json_cache.cache_key(layout.kind, layout.base, split_name, split.ids, xml_paths is not None)
   if xml_paths is not None:
-    compute = lambda: listing.labels_from_xml(xml_paths, CLASS_NAMES, workers)
+    compute = lambda: image_labels.labels_from_xml(xml_paths, CLASS_NAMES, workers)
   elif split.has_masks:
-    compute = lambda: listing.labels_from_masks(split, workers)
+    compute = lambda: image_labels.labels_from_masks(split, workers)
   else:
     return np.zeros((len(split), NUM_CLASSES), np.float32)  # test: labels unknown
-  labels = listing.labels_cached(cache_dir, f'labels-voc12-{split_name}', key, NUM_CLASSES,
-                                 compute)
+  labels = json_cache.labels_cached(cache_dir, f'labels-voc12-{split_name}', key, NUM_CLASSES,
+                                    compute)
   empty = np.flatnonzero(~labels.any(axis=1)) if xml_paths is not None else []
   if len(empty):  # every VOC image has an object: the file is cut short or not VOC's
     raise splits.BadFileError(
@@ -96,7 +99,7 @@ def _authors_split(layout, name):
   folder = _require(os.path.join(layout.base, _AUTHORS_FOLDERS[name]), f'VOC {name} split',
                     layout)
   image_dir = _require(os.path.join(folder, 'image'), f'VOC {name} images', layout)
-  files = listing.stems(image_dir)
+  files = image_ids.stems(image_dir)
   ids = sorted(files)
   images = [os.path.join(image_dir, files[i]) for i in ids]
   mask_dir, xml_dir = os.path.join(folder, 'mask'), os.path.join(folder, 'xml')
@@ -113,11 +116,11 @@ def _train_aug_ids(layout):
                os.path.join(base, 'ImageSets', 'SegmentationAug', 'train_aug.txt'),
                os.path.join(base, 'train_aug.txt')):
     if os.path.exists(path):
-      return listing.read_id_list(path), path
+      return image_ids.read_id_list(path), path
   aug_dir = _aug_dir(layout)
-  val = set(listing.read_id_list(_require(
+  val = set(image_ids.read_id_list(_require(
       os.path.join(base, 'ImageSets', 'Segmentation', 'val.txt'), 'VOC val list', layout)))
-  return sorted(set(listing.stems(aug_dir, ('.png',))) - val), aug_dir
+  return sorted(set(image_ids.stems(aug_dir, ('.png',))) - val), aug_dir
 
 
 def _aug_dir(layout):
@@ -139,7 +142,7 @@ def _standard_split(layout, name):
   else:
     where = _require(os.path.join(base, 'ImageSets', 'Segmentation', f'{name}.txt'),
                      f'VOC {name} list', layout)
-    ids = listing.read_id_list(where)
+    ids = image_ids.read_id_list(where)
     mask_dir = None if name == 'test' else os.path.join(base, 'SegmentationClass')
   ids = sorted(set(ids))
   images = [os.path.join(base, 'JPEGImages', f'{i}.jpg') for i in ids]
@@ -159,7 +162,7 @@ def load_split(layout, name, cache_dir=None, workers=0):
   if not ids:
     raise ValueError(f'VOC {name} split is empty: no images in {where} ({layout.describe()})')
   # Every listed file, now rather than when a later stage reaches it (a stat each: fast).
-  listing.check_exist(images + (masks or []), f'VOC {name} ({where}; {layout.describe()})')
+  required_paths.check_exist(images + (masks or []), f'VOC {name} ({where}; {layout.describe()})')
   split = splits.FileSplit(ids, images, np.zeros((len(ids), NUM_CLASSES)), masks,
                            num_classes=NUM_CLASSES)
   split.labels = _labels(layout, name, split, xmls, cache_dir, workers)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import subprocess
 import sys
 
 import numpy as np
@@ -12,7 +13,8 @@ from configs import default
 import data_fixtures as fx
 from data_pipeline import coco
 from data_pipeline import coco_prepare
-from data_pipeline import datasets
+from data_pipeline import providers
+from data_pipeline import registry
 from recurseed_jax import config_lib
 from recurseed_jax import io_utils
 
@@ -23,6 +25,7 @@ except ImportError:
   HAVE_COCOTOOLS = False
 requires_cocotools = pytest.mark.skipif(not HAVE_COCOTOOLS, reason='pycocotools is not installed')
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = 'COCO_train2014_{:012d}'
 
 
@@ -81,6 +84,75 @@ def test_prepare_cli(tmp_path):
   assert coco_prepare.main(['--root', str(tmp_path / 'none'), '--workers', '0']) == 2
 
 
+def _bad_annotations(root, kind):
+  """A COCO root whose val2014 annotation file is wrong in the way `kind` says."""
+  path = os.path.join(root, 'annotations', 'instances_val2014.json')
+  os.makedirs(os.path.dirname(path))
+  if kind == 'folder':
+    os.makedirs(path)
+    return path
+  text = {'cut short': '{"images": [{"id": 1, ',
+          'not instances': '[1, 2]',
+          'entry lacks fields': json.dumps(dict(images=[dict(id=1, file_name='a.jpg')],
+                                                categories=[], annotations=[])),
+          'segmentation neither': json.dumps(dict(
+              images=[dict(id=1, file_name='a.jpg', height=4, width=4)],
+              categories=[dict(id=i, name=n) for i, n in zip(coco.CATEGORY_IDS, coco.CLASS_NAMES)],
+              annotations=[dict(id=7, image_id=1, category_id=1, segmentation=3)]))}[kind]
+  with open(path, 'w') as f:
+    f.write(text)
+  return path
+
+
+def _cli(argv, capsys):
+  """(exit status, stderr lines) of coco_prepare.main; argparse's errors come as SystemExit."""
+  try:
+    status = coco_prepare.main(argv)
+  except SystemExit as e:
+    status = e.code
+  return status, capsys.readouterr().err.strip().splitlines()
+
+
+@pytest.mark.parametrize('argv, says', [
+    ([], 'the following arguments are required: --root'),
+    (['--workers', 'x', '--root', '.'], "invalid int value: 'x'"),
+    (['--root', '{tmp}/none'], '--root {tmp}/none is not a folder'),
+])
+def test_prepare_cli_usage_errors_are_one_line(tmp_path, capsys, argv, says):
+  argv = [a.format(tmp=tmp_path) for a in argv]
+  status, err = _cli(argv, capsys)
+  assert status == 2 and len(err) == 1, err
+  assert err[0].startswith('error: ') and says.format(tmp=tmp_path) in err[0]
+
+
+@requires_cocotools
+@pytest.mark.parametrize('kind, says', [
+    ('cut short', 'cannot parse COCO annotations {path}'),
+    ('not instances', "{path} is not a COCO instances file: it has no 'images' list"),
+    ('entry lacks fields', '{path}: images[0] lacks height, width'),
+    ('segmentation neither', '{path}: annotation 7 (image 1) has a segmentation that is neither'),
+    ('folder', "Is a directory: '{path}'"),
+])
+def test_prepare_cli_bad_annotations_are_one_line(tmp_path, capsys, kind, says):
+  root = str(tmp_path / 'coco')
+  path = _bad_annotations(root, kind)
+  status, err = _cli(['--root', root, '--folders', 'val2014', '--workers', '0'], capsys)
+  assert status == 2 and len(err) == 1, err
+  assert err[0].startswith('error: ') and says.format(path=path) in err[0], err[0]
+
+
+@requires_cocotools
+def test_prepare_module_ends_a_user_error_without_traceback(tmp_path):
+  root = str(tmp_path / 'coco')
+  path = _bad_annotations(root, 'cut short')
+  r = subprocess.run([sys.executable, '-m', 'data_pipeline.coco_prepare', '--root', root,
+                      '--workers', '0', '--folders', 'val2014'], cwd=ROOT, capture_output=True,
+                     text=True, timeout=60)
+  err = r.stderr.strip().splitlines()
+  assert r.returncode == 2 and len(err) == 1 and path in err[0], r.stderr
+  assert 'Traceback' not in r.stdout + r.stderr
+
+
 def test_missing_pycocotools_is_a_clear_error(tmp_path, monkeypatch):
   monkeypatch.setitem(sys.modules, 'pycocotools', None)
   with pytest.raises(ImportError, match='pip install pycocotools'):
@@ -92,7 +164,7 @@ def test_distributed_layout_prepared_lazily(tmp_path):
   root = str(tmp_path / 'coco')
   sizes = fx.coco_distributed(root)
   lines = []
-  provider = datasets.FileData(_config(root), str(tmp_path / 'w'), log=lines.append)
+  provider = providers.FileData(_config(root), str(tmp_path / 'w'), log=lines.append)
   assert provider.layout.kind == coco.DISTRIBUTED
   assert any('rasterising COCO train2014' in line for line in lines)
   assert any('left out 1 of 3 images without any class' in line for line in lines)
@@ -120,6 +192,11 @@ def test_authors_layout_labels_from_xml_or_masks(tmp_path, xml):
     for i in range(len(split)):
       present = {int(v) - 1 for v in np.unique(split.mask(i)) if 0 < v < 255}
       assert present == set(np.flatnonzero(split.labels[i]).tolist())
+
+
+def test_registry_class_count_is_the_readers():
+  assert registry.DATASETS['coco14'] == coco.NUM_CLASSES == len(coco.CLASS_NAMES) == 80
+  assert len(coco.CATEGORY_IDS) == 80
 
 
 def test_missing_root_names_path_and_layouts(tmp_path):

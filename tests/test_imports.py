@@ -1,4 +1,4 @@
-"""The recurseed_jax package never imports tensorflow (only data_pipeline/ may)."""
+"""recurseed_jax never imports tensorflow, nor do the parts of data_pipeline it may import."""
 
 import json
 import os
@@ -30,3 +30,21 @@ def test_package_imports_without_tensorflow():
                'recurseed_jax.models.resnet'):
     assert name in modules, name
   assert not result['tensorflow'], 'importing recurseed_jax pulled in tensorflow'
+
+
+# What recurseed_jax may import of data_pipeline: the names, the split class, the interfaces.
+_DATA_SCRIPT = r"""
+import json, sys
+import data_pipeline, data_pipeline.interfaces, data_pipeline.registry, data_pipeline.splits
+print(json.dumps(dict(tensorflow='tensorflow' in sys.modules)))
+"""
+
+
+def test_data_registry_splits_and_interfaces_import_without_tensorflow():
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
+  r = subprocess.run([sys.executable, '-c', _DATA_SCRIPT], cwd=ROOT, env=env, capture_output=True,
+                     text=True, timeout=120)
+  assert r.returncode == 0, r.stderr[-3000:]
+  result = json.loads(r.stdout.strip().splitlines()[-1])
+  assert not result['tensorflow'], ('importing data_pipeline.registry / splits / interfaces '
+                                    'pulled in tensorflow')

@@ -15,7 +15,7 @@ import pytest
 
 from configs import synthetic_ablation
 from configs import synthetic_multistage
-from data_pipeline import datasets
+from data_pipeline import providers
 from recurseed_jax import ablation
 from recurseed_jax import config_lib
 from recurseed_jax import confusion
@@ -143,7 +143,7 @@ def test_train_batches_read_the_pseudo_masks(tmp_path):
   cfg = reference.default_config(**{'data.num_train': 16, 'data.num_val': 4,
                                     'data.image_size': 32, 'data.crop_size': 32,
                                     'data.scale_range': (1.0, 1.0), 'data.flip': False})
-  data = datasets.build(cfg, str(tmp_path))
+  data = providers.build(cfg, str(tmp_path))
   split = data.split('train')
   mask_dir = tmp_path / 'pseudo'
   mask_dir.mkdir()

@@ -113,11 +113,11 @@ def test_load_split_missing_raises_naming_path(tmp_path):
 
 def test_provider_batches_shard_by_process(tmp_path):
   from configs import default
-  from data_pipeline import datasets
+  from data_pipeline import providers
   cfg = default.get_config()
   cfg.data.num_train, cfg.data.num_val, cfg.data.image_size, cfg.data.crop_size = 8, 2, 16, 16
   cfg.data.cache_dir, cfg.train.batch_size = str(tmp_path), 4
-  provider = datasets.build(cfg, str(tmp_path))
+  provider = providers.build(cfg, str(tmp_path))
   whole = next(provider.train_batches(3))
   halves = [next(provider.train_batches(3, p, 2)) for p in range(2)]
   assert halves[0]['image'].shape == (2, 16, 16, 3)

@@ -8,7 +8,8 @@ import pytest
 
 from configs import default
 import data_fixtures as fx
-from data_pipeline import datasets
+from data_pipeline import interfaces
+from data_pipeline import providers
 from data_pipeline import splits
 
 tfds_builders = pytest.importorskip('data_pipeline.tfds_builders')
@@ -48,9 +49,9 @@ def test_synthetic_records_equal_the_arrays(tmp_path):
   c = default.get_config()
   c.data.num_train, c.data.num_val, c.data.image_size, c.data.crop_size = 12, 4, 24, 24
   c.data.cache_dir, c.train.batch_size = str(tmp_path / 'cache'), 4
-  arrays = datasets.build(c, str(tmp_path))
+  arrays = providers.build(c, str(tmp_path))
   c.data.source = 'tfds'
-  records = datasets.build(c, str(tmp_path))
+  records = providers.build(c, str(tmp_path))
   assert records.class_names == arrays.class_names
   assert records.builder.data_dir.startswith(str(tmp_path / 'cache' / 'tfds'))
   for name in ('train', 'val'):
@@ -62,13 +63,15 @@ def test_synthetic_records_equal_the_arrays(tmp_path):
 def test_voc_builder_records_equal_the_files(tmp_path):
   root = str(tmp_path / 'voc')
   fx.voc_standard(root)
-  files = datasets.build(_voc_config(root, tmp_path, 'files'), str(tmp_path / 'w'))
+  files = providers.build(_voc_config(root, tmp_path, 'files'), str(tmp_path / 'w'))
   lines = []
-  records = datasets.RecordData(_voc_config(root, tmp_path, 'tfds'), str(tmp_path / 'w'),
-                                log=lines.append)
+  records = providers.RecordData(_voc_config(root, tmp_path, 'tfds'), str(tmp_path / 'w'),
+                                 log=lines.append)
   assert any('building voc2012_wsss from PASCAL VOC 2012 in the standard layout' in line
              for line in lines)
   assert sorted(records.builder.info.splits.keys()) == ['test', 'train', 'val']
+  assert isinstance(records, interfaces.Provider)
+  assert isinstance(records.split('train'), interfaces.Split)
   for name in ('train', 'val', 'test'):
     _assert_same_splits(files.split(name), records.split(name))
   assert not records.split('test').has_masks
@@ -77,8 +80,8 @@ def test_voc_builder_records_equal_the_files(tmp_path):
   # Built once: a second provider reuses the records and the index.
   shard = records.split('train').filepaths[0]
   mtime = os.path.getmtime(shard)
-  again = datasets.RecordData(_voc_config(root, tmp_path, 'tfds'), str(tmp_path / 'w'),
-                              log=lambda _: None)
+  again = providers.RecordData(_voc_config(root, tmp_path, 'tfds'), str(tmp_path / 'w'),
+                               log=lambda _: None)
   assert again.split('train').ids == files.split('train').ids
   assert os.path.getmtime(shard) == mtime
   builder = again.builder
@@ -93,11 +96,11 @@ def test_builder_corrupt_image_named_or_skipped(tmp_path):
   bad = os.path.join(root, 'VOC2012', 'train_aug', 'image', f"{ids['train_aug'][2]}.jpg")
   fx.corrupt_file(bad)
   with pytest.raises(splits.CorruptFileError, match=re.escape(bad)):
-    datasets.RecordData(_voc_config(root, tmp_path / 'a', 'tfds'), str(tmp_path / 'w'),
-                        log=lambda _: None)
+    providers.RecordData(_voc_config(root, tmp_path / 'a', 'tfds'), str(tmp_path / 'w'),
+                         log=lambda _: None)
   lines = []
-  records = datasets.RecordData(_voc_config(root, tmp_path / 'b', 'tfds', skip_corrupt=True),
-                                str(tmp_path / 'w'), log=lines.append)
+  records = providers.RecordData(_voc_config(root, tmp_path / 'b', 'tfds', skip_corrupt=True),
+                                 str(tmp_path / 'w'), log=lines.append)
   assert records.split('train').ids == ids['train_aug'][:2]
   assert any('skipped 1 corrupt file(s) of 3' in line and bad in line for line in lines)
   assert 'test' not in records.builder.info.splits  # no test images in this tree
@@ -109,7 +112,7 @@ def test_coco_builder(tmp_path):
   fx.coco_distributed(root)
   c = _voc_config(root, tmp_path, 'tfds')
   c.data.name, c.data.num_classes, c.train.batch_size = 'coco14', 80, 2
-  records = datasets.RecordData(c, str(tmp_path / 'w'), log=lambda _: None)
+  records = providers.RecordData(c, str(tmp_path / 'w'), log=lambda _: None)
   assert records.split('train').ids == ['COCO_train2014_000000000001',
                                         'COCO_train2014_000000000003']
   assert records.split('train').mask(0)[15, 15] == 17

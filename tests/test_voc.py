@@ -10,7 +10,9 @@ import pytest
 from configs import default
 from configs import voc12_rs50
 import data_fixtures as fx
-from data_pipeline import datasets
+from data_pipeline import interfaces
+from data_pipeline import providers
+from data_pipeline import registry
 from data_pipeline import splits
 from data_pipeline import voc
 from recurseed_jax import config_lib
@@ -55,10 +57,11 @@ def _check_split(split, ids, with_masks):
 def test_layout_detected_and_splits_read(trees, tmp_path, layout):
   root, ids = trees[layout]
   lines = []
-  provider = datasets.FileData(_config(root), str(tmp_path), log=lines.append)
+  provider = providers.FileData(_config(root), str(tmp_path), log=lines.append)
   assert voc.LAYOUTS[provider.layout.kind] in lines[0]  # says which layout it found
   assert provider.layout.kind == (voc.AUTHORS if layout == 'authors' else voc.STANDARD)
   assert provider.class_names == list(voc.CLASS_NAMES)
+  assert isinstance(provider, interfaces.Provider)
   expected = (dict(train=ids['train_aug'], val=ids['validation'], test=ids['test'])
               if layout == 'authors' else ids)
   for name in ('train', 'val', 'test'):
@@ -100,6 +103,10 @@ def test_authors_labels_from_masks_when_no_xml(tmp_path):
   split = voc.load_split(voc.detect(str(tmp_path)), 'train')
   _check_split(split, ids['train_aug'], with_masks=True)
   assert split.labels.any(axis=1).all()
+
+
+def test_registry_class_count_is_the_readers():
+  assert registry.DATASETS['voc12'] == voc.NUM_CLASSES == len(voc.CLASS_NAMES) == 20
 
 
 def test_missing_root_names_path_and_layouts(tmp_path):
@@ -146,11 +153,11 @@ def test_corrupt_image_named_or_skipped(tmp_path):
   with pytest.raises(splits.CorruptFileError, match='skip_corrupt'):
     split.size(1)
   with pytest.raises(splits.CorruptFileError, match=re.escape(bad)):  # eager train split
-    datasets.FileData(_config(str(tmp_path / 'a')), str(tmp_path / 'w1'), log=lambda _: None
-                      ).train_batches().__next__()
+    providers.FileData(_config(str(tmp_path / 'a')), str(tmp_path / 'w1'), log=lambda _: None
+                       ).train_batches().__next__()
   lines = []
-  provider = datasets.FileData(_config(str(tmp_path / 'a'), skip_corrupt=True),
-                               str(tmp_path / 'w2'), log=lines.append)
+  provider = providers.FileData(_config(str(tmp_path / 'a'), skip_corrupt=True),
+                                str(tmp_path / 'w2'), log=lines.append)
   assert provider.split('train').ids == [i for k, i in enumerate(ids['train_aug']) if k != 1]
   assert any('skipped 1 corrupt file(s) of 4' in line and bad in line for line in lines)
   assert next(provider.train_batches())['image'].shape == (4, 32, 32, 3)
@@ -169,7 +176,7 @@ def test_bad_mask_is_an_error_naming_the_file(tmp_path, problem):
     needle = 'but its image'
   fx.write_grey_png(path, mask)
   # Labels come from the XML, so the split opens; reading the mask fails, naming it.
-  provider = datasets.FileData(_config(str(tmp_path)), str(tmp_path / 'w'), log=lambda _: None)
+  provider = providers.FileData(_config(str(tmp_path)), str(tmp_path / 'w'), log=lambda _: None)
   with pytest.raises(ValueError, match=needle) as info:
     provider.split('train').mask(0)
   assert path in str(info.value)
@@ -181,7 +188,7 @@ def test_bad_mask_is_an_error_naming_the_file(tmp_path, problem):
 
 def test_file_stream_deterministic_resumable_and_sharded(trees, tmp_path):
   root, _ = trees['standard']
-  provider = datasets.FileData(_config(root), str(tmp_path), log=lambda _: None)
+  provider = providers.FileData(_config(root), str(tmp_path), log=lambda _: None)
   train = provider.split('train')
   it = provider.train_batches()
   first = [next(it) for _ in range(3)]

@@ -17,8 +17,8 @@ import pytest
 import data_fixtures as fx
 from data_pipeline import coco
 from data_pipeline import coco_prepare
-from data_pipeline import datasets
-from data_pipeline import listing
+from data_pipeline import image_ids
+from data_pipeline import providers
 from data_pipeline import splits
 from data_pipeline import voc
 from recurseed_jax import io_utils
@@ -32,7 +32,7 @@ def _provider(root, workdir, log=None, **data):
       'data.threads': 1, 'train.batch_size': 4})  # 4 images, batch 4: batch 0 holds them all
   for key, value in data.items():
     cfg.data[key] = value
-  return datasets.FileData(cfg, workdir, log=log or (lambda _: None))
+  return providers.FileData(cfg, workdir, log=log or (lambda _: None))
 
 
 @pytest.fixture
@@ -212,5 +212,5 @@ def test_list_file_ids_with_spaces_and_non_utf8_bytes(tmp_path):
   with open(path, 'wb') as f:
     f.write(b'2008_000001\n  a b c  \r\ncaf\xe9 1\n'
             b'/JPEGImages/x y.jpg /SegmentationClassAug/x y.png\n\n2009.5\n')
-  assert listing.read_id_list(path) == ['2008_000001', 'a b c', os.fsdecode(b'caf\xe9 1'), 'x y',
-                                        '2009.5']
+  assert image_ids.read_id_list(path) == ['2008_000001', 'a b c', os.fsdecode(b'caf\xe9 1'),
+                                          'x y', '2009.5']

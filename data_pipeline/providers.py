@@ -1,17 +1,15 @@
 """Data providers: what the stages see of a dataset (splits, training batches).
 
-A provider has `class_names` (C names, no background), `split(name)` for 'train' (what RecurSeed
-trains on and makes pseudo masks for: VOC train_aug, COCO train), 'val' and, where the dataset has
-it, 'test' (data_pipeline/splits.py's interface), and
-`train_batches(start_step=0, process_index=0, process_count=1, config=None, mask_dir=None)`:
-augmented numpy batches of this process's rows of every global batch, from that step on
-(deterministic for config.seed). `config` replaces the provider's own for the batch size, seed
-and augmentation (the multi-stage segmenter has its own); `mask_dir` replaces the dataset's masks
-by `<mask_dir>/<id>.png` (pseudo masks as the segmenter's ground truth).
+A provider has `class_names` (C names, no background), `split(name)` ('train', 'val', and 'test'
+where the dataset has one; data_pipeline/splits.py's splits) and
+`train_batches(start_step=0, process_index=0, process_count=1, config=None, mask_dir=None)`;
+data_pipeline/interfaces.py's `Provider` Protocol says what each member holds. The three here
+are SyntheticData (the embedded benchmark, in memory), FileData (VOC and COCO folders) and
+RecordData (the records of a TFDS builder).
 
 `build(config, workdir)` picks the reader for config.data.name ('synthetic', 'voc12', 'coco14')
 and config.data.source ('files': the folders as they are; 'tfds': records written once by a TFDS
-builder, data_pipeline/tfds_builders.py).
+builder, data_pipeline/tfds_builders.py); data_pipeline/registry.py holds those names.
 """
 
 import functools
@@ -20,14 +18,15 @@ import os
 import numpy as np
 
 from data_pipeline import coco
-from data_pipeline import listing
+from data_pipeline import corrupt_files
+from data_pipeline import interfaces
+from data_pipeline import json_cache
 from data_pipeline import pipeline
+from data_pipeline import registry
 from data_pipeline import splits
 from data_pipeline import synthetic
+from data_pipeline import thread_pool
 from data_pipeline import voc
-
-KNOWN = ('synthetic', 'voc12', 'coco14')
-SOURCES = ('files', 'tfds')
 
 
 def mask_paths(split, mask_dir):
@@ -38,11 +37,6 @@ def mask_paths(split, mask_dir):
     raise FileNotFoundError(f'{len(missing)} of {len(paths)} masks are missing from {mask_dir}, '
                             f'e.g. {missing[0]}: run the crf stage first')
   return paths
-
-
-def cache_dir(config, workdir):
-  """Where label caches and scans go: config.data.cache_dir or <workdir>/data."""
-  return config.data.get('cache_dir') or os.path.join(workdir, 'data')
 
 
 class SyntheticData:
@@ -69,7 +63,7 @@ class SyntheticData:
     d = self._arrays('train')
     masks = d['masks']
     if mask_dir is not None:
-      from recurseed_jax import io_utils  # pylint: disable=g-import-not-at-top
+      from recurseed_jax import io_utils
       masks = np.stack([io_utils.load_mask_png(p)
                         for p in mask_paths(self.split('train'), mask_dir)])
     return pipeline.train_iterator_from_config(
@@ -111,7 +105,7 @@ class FileData(_StreamMixin):
   def __init__(self, config, workdir, log=print):
     self.config = config
     self.log = log
-    self.cache_dir = cache_dir(config, workdir)
+    self.cache_dir = json_cache.cache_dir(config, workdir)
     d = config.data
     self.module = voc if d.name == 'voc12' else coco
     self.layout = self.module.detect(d.root)
@@ -123,16 +117,16 @@ class FileData(_StreamMixin):
   def split(self, name):
     """The split as data_pipeline/splits.py describes it (a FileSplit)."""
     d = self.config.data
-    workers = listing.workers_or_default(d.get('workers', 0))
+    workers = thread_pool.workers_or_default(d.workers)
     if self.module is voc:
       split = voc.load_split(self.layout, name, self.cache_dir, workers)
     else:
       split = coco.load_split(self.layout, name, self.cache_dir, workers,
-                              mask_dir=d.get('coco_mask_dir', ''), log=self.log)
-    if d.get('skip_corrupt'):
-      key = listing.cache_key(self.layout.kind, self.layout.base, name, split.ids)
-      split = listing.drop_corrupt(split, self.cache_dir, key, workers, self.log,
-                                   where=f'{d.name} {name}')
+                              mask_dir=d.coco_mask_dir, log=self.log)
+    if d.skip_corrupt:
+      key = json_cache.cache_key(self.layout.kind, self.layout.base, name, split.ids)
+      split = corrupt_files.drop_corrupt(split, self.cache_dir, key, workers, self.log,
+                                         where=f'{d.name} {name}')
     return split
 
   def _source(self, split):
@@ -148,8 +142,8 @@ class RecordData(_StreamMixin):
   """Any dataset read from the records of its TFDS builder (built on first use)."""
 
   def __init__(self, config, workdir, log=print):
-    from data_pipeline import records  # pylint: disable=g-import-not-at-top
-    from data_pipeline import tfds_builders  # pylint: disable=g-import-not-at-top
+    from data_pipeline import records
+    from data_pipeline import tfds_builders
     self.config = config
     self._records = records
     self.builder = tfds_builders.make_builder(config, workdir, log=log)
@@ -180,16 +174,16 @@ class RecordData(_StreamMixin):
                      'ground-truth masks, not the pseudo masks)')
 
 
-def build(config, workdir):
+def build(config, workdir) -> interfaces.Provider:
   """The provider of config.data.name / config.data.source."""
   d = config.data
-  if d.name not in KNOWN:
+  if d.name not in registry.DATASETS:
     raise ValueError(f'config.data.name={d.name!r} is not a known dataset; known: '
-                     f'{", ".join(KNOWN)}')
-  source = d.get('source', 'files')
-  if source not in SOURCES:
-    raise ValueError(f'config.data.source={source!r} is not one of: {", ".join(SOURCES)}')
-  if source == 'tfds':
+                     f'{", ".join(registry.DATASETS)}')
+  if d.source not in registry.SOURCES:
+    raise ValueError(f'config.data.source={d.source!r} is not one of: '
+                     f'{", ".join(registry.SOURCES)}')
+  if d.source == 'tfds':
     return RecordData(config, workdir)
   if d.name == 'synthetic':
     return SyntheticData(config, workdir)
