@@ -18,13 +18,6 @@ from absl import logging
 from ml_collections import config_flags
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-config_flags.DEFINE_config_file('config', os.path.join(_HERE, 'configs', 'default.py'),
-                                'ml_collections config file', lock_config=True)
-flags.DEFINE_string('workdir', 'runs/default', 'where every stage writes (resumable)')
-flags.DEFINE_string('stages', None, 'comma-separated stages to run (default: config.stages)')
-flags.DEFINE_bool('distributed', None, 'call jax.distributed.initialize() (multi-host); default: '
-                  'when JAX_COORDINATOR_ADDRESS is set or SLURM / Open MPI runs several tasks')
-FLAGS = flags.FLAGS
 
 
 def _fail(message):
@@ -72,8 +65,22 @@ def _check_overrides(argv):
     _fail(str(e))
 
 
+# Before DEFINE_config_file, which loads the config and applies the --config.<key> overrides of
+# sys.argv at once (a typo would be a traceback there).
+_check_overrides(sys.argv)
+try:
+  config_flags.DEFINE_config_file('config', os.path.join(_HERE, 'configs', 'default.py'),
+                                  'ml_collections config file', lock_config=True)
+except (AttributeError, KeyError, TypeError, ValueError) as e:  # a bad --config.<key> value
+  _fail(' '.join(str(e).strip('\'"').split()))
+flags.DEFINE_string('workdir', 'runs/default', 'where every stage writes (resumable)')
+flags.DEFINE_string('stages', None, 'comma-separated stages to run (default: config.stages)')
+flags.DEFINE_bool('distributed', None, 'call jax.distributed.initialize() (multi-host); default: '
+                  'when JAX_COORDINATOR_ADDRESS is set or SLURM / Open MPI runs several tasks')
+FLAGS = flags.FLAGS
+
+
 def _parse_flags(argv):
-  _check_overrides(argv)
   try:
     return FLAGS(argv)
   except flags.Error as e:

@@ -18,7 +18,9 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 from configs import default
+from recurseed_jax import cli
 from recurseed_jax import crf
 
 VOC_TRAIN_AUG = 10582
@@ -61,7 +63,7 @@ def main(argv=None):
   parser.add_argument('--workers', default='1,2')
   parser.add_argument('--cores', default='1,2,8,16,32', help='core counts for the projection')
   args = parser.parse_args(argv)
-  size = tuple(int(v) for v in args.size.split('x'))
+  size = cli.parse_hw(args.size)
   rows = []
   for labels in [int(v) for v in args.labels.split(',')]:
     for workers in [int(v) for v in args.workers.split(',')]:
@@ -89,4 +91,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-  main()
+  cli.run(main)

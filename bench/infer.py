@@ -28,6 +28,9 @@ import tempfile
 import time
 import types
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from recurseed_jax import cli  # os and sys only: jax is imported after the XLA flags are set
+
 VOC_TRAIN_AUG = 10582
 PRESETS = {
     'demo': {},
@@ -62,7 +65,7 @@ def _modules():
   import jax
   import jax.numpy as jnp
   import numpy as np
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
   from configs import default
   from data_pipeline import splits
   from recurseed_jax import crf
@@ -71,10 +74,6 @@ def _modules():
   from recurseed_jax import parallel
   return types.SimpleNamespace(jax=jax, jnp=jnp, np=np, default=default, splits=splits, crf=crf,
                                infer=infer, models=models, parallel=parallel)
-
-
-def _hw(text):
-  return tuple(int(v) for v in text.lower().split('x'))
 
 
 def make_split(m, n, size, num_classes, labels, seed=0):
@@ -92,7 +91,7 @@ def build(m, args):
   for key, value in PRESETS[args.preset].items():
     cfg.model[key] = value
   model = m.models.build_model(cfg.model, args.classes)
-  size = _hw(args.size)
+  size = cli.parse_hw(args.size)
   variables = m.jax.jit(lambda k: model.init(k, m.jnp.zeros((1,) + size + (3,)), train=False))(
       m.jax.random.key(0))
   scales = tuple(float(s) for s in args.scales.split(','))
@@ -133,8 +132,8 @@ def main(args):
     os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' --xla_cpu_multi_thread_eigen='
                                f'false intra_op_parallelism_threads={args.xla_threads}')
   m = _modules()
-  size = _hw(args.size)
-  bucket = _hw(args.bucket) if args.bucket else size
+  size = cli.parse_hw(args.size)
+  bucket = cli.parse_hw(args.bucket, '--bucket') if args.bucket else size
   cfg, step, variables, sharding, devices = build(m, args)
   if args.batch % devices:
     raise ValueError(f'--batch={args.batch} must be a multiple of the {devices} devices')
@@ -186,4 +185,4 @@ def main(args):
 
 
 if __name__ == '__main__':
-  main(_parse())
+  cli.run(lambda argv: main(_parse()))

@@ -24,6 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import voc12_rs50
 from data_pipeline import providers
 from data_pipeline import voc
+from recurseed_jax import cli
 
 
 def make_tree(root, n, seed=0):
@@ -102,4 +103,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-  main()
+  cli.run(main)

@@ -55,6 +55,8 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
   sys.path.insert(0, _ROOT)
 
+from recurseed_jax import cli  # os and sys only
+
 FRAMEWORKS = ('jax', 'torch')
 BACKBONES = ('resnet50', 'resnet101', 'tiny')
 
@@ -455,4 +457,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-  main()
+  cli.run(main)

@@ -37,3 +37,15 @@ def run(main, argv=None):
     if os.environ.get('RECURSEED_TRACEBACK'):
       raise
     fail(describe(e))
+
+
+def parse_hw(text, flag='--size'):
+  """'375x500' -> (375, 500); a ValueError naming the flag otherwise."""
+  parts = str(text).lower().split('x')
+  try:
+    hw = tuple(int(v) for v in parts)
+  except ValueError:
+    hw = ()
+  if len(hw) != 2 or min(hw) <= 0:
+    raise ValueError(f'{flag} must be HEIGHTxWIDTH in pixels, e.g. 375x500; got {text!r}')
+  return hw

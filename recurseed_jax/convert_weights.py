@@ -26,6 +26,8 @@ import jax.numpy as jnp
 from ml_collections import config_flags
 import numpy as np
 
+from recurseed_jax import cli
+from recurseed_jax import config_lib
 from recurseed_jax import io_utils
 from recurseed_jax import models
 from recurseed_jax.models import weights
@@ -100,7 +102,8 @@ def main(argv):
     if not fv.kind:
       print(f'error: --kind is required ({", ".join(weights.KINDS)})', file=sys.stderr)
       return 2
-    report = convert(fv.kind, fv.src, fv.dst, fv.config, fv.num_classes, fv.strict)
+    report = convert(fv.kind, fv.src, fv.dst, config_lib.complete(fv.config), fv.num_classes,
+                     fv.strict)
   except (OSError, ValueError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
@@ -111,5 +114,10 @@ def main(argv):
   return 0
 
 
+def cli_main():
+  """The `recurseed-convert-weights` command (pyproject.toml)."""
+  sys.exit(cli.run(main, sys.argv))
+
+
 if __name__ == '__main__':
-  sys.exit(main(sys.argv))
+  cli_main()

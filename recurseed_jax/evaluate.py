@@ -184,5 +184,10 @@ def main(argv=None):
     io_utils.save_json(args.out, _json_safe(result))
 
 
-if __name__ == '__main__':
+def cli_main():
+  """The `recurseed-evaluate` command (pyproject.toml)."""
   cli.run(main)
+
+
+if __name__ == '__main__':
+  cli_main()

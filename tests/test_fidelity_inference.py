@@ -44,7 +44,7 @@ from recurseed_jax.stages import crf as crf_stage
 import reference
 import torch_reference as tr
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures('one_torch_thread')]
 
 C = 4
 SIZES = ((375, 500), (319, 500))
@@ -54,14 +54,6 @@ SCALES = (1.0, 0.5, 1.5, 2.0)
 NET = dict(layers=(1, 1, 1, 1), width=8, feature_size=32)  # small: the recipe, not the size
 AGREEMENT = 0.999  # the share of identical mask pixels required (issue: >= 99.9 %)
 FITTED_LOGIT = 6.0  # fitted last layer: object pixels get logits of about +-this
-
-
-@pytest.fixture(autouse=True, scope='module')
-def _one_torch_thread():
-  threads = torch.get_num_threads()
-  torch.set_num_threads(1)  # 2 shared cores: torch's spinning workers only slow it down
-  yield
-  torch.set_num_threads(threads)
 
 
 # --- data: photo-like images with objects ------------------------------------------------------
@@ -237,18 +229,30 @@ def _seed_step():
   return cfg, model, infer.step_from_config(cfg, model, num_kept=3)
 
 
+def _ours_on_scenes(cfg, step, torch_net, model, kind, with_labels):
+  """[(split, index, image, products)] of our inference of the scenes, as the stages run it."""
+  variables = _ours(torch_net, model, kind)
+  split = _split()
+  return [(split, i, image, out['m']) for i, image, out in infer.run_split(
+      step, {'m': variables}, split, range(len(split)), cfg.infer.buckets, 2,
+      with_labels=with_labels)]
+
+
+def _assert_masks_agree(pairs):
+  """>= AGREEMENT of the pixels of (ours, theirs) mask pairs are the same label."""
+  same = sum(int((ours == theirs).sum()) for ours, theirs in pairs)
+  total = sum(ours.size for ours, _ in pairs)
+  assert same / total >= AGREEMENT, f'{100 * same / total:.3f} % identical pixels'
+
+
 @pytest.mark.parametrize('fitted', [False, True], ids=['random', 'fitted'])
 def test_seeds_and_pseudo_masks_match_the_authors(fitted):
   cfg, model, step = _seed_step()
   assert cfg.infer.interpolation == 'nearest' and cfg.crf.image == 'denormalized'  # defaults
   net = _rsepm(fitted)
-  variables = _ours(net, model, 'rsepm')
-  split = _split()
   params = crf.crf_params_from_config(cfg.crf)
-  same, total = 0, 0
-  for i, image, out in infer.run_split(step, {'rs': variables}, split, range(len(split)),
-                                       cfg.infer.buckets, 2, with_labels=True):
-    res = out['rs']
+  pairs = []
+  for split, i, image, res in _ours_on_scenes(cfg, step, net, model, 'rsepm', True):
     theirs_seed, theirs_mask, theirs_prob = _their_pseudo_mask(net, image, split.labels[i])
     np.testing.assert_array_equal(res['classes'], np.flatnonzero(split.labels[i]))
     # Seeds: the same values at float32 precision (they lie in [0, 1]).
@@ -257,14 +261,12 @@ def test_seeds_and_pseudo_masks_match_the_authors(fitted):
     # Pseudo masks the way the stages make them: stored seed, CRF item, CRF.
     stored = infer.encode_seed(res['seg'], cfg.infer.seed_dtype)
     _, crf_image, probs, labels = crf_stage.seed_item(cfg, split.ids[i], image, stored,
-                                                   res['classes'].astype(np.uint8))
+                                                      res['classes'].astype(np.uint8))
     np.testing.assert_array_equal(crf_image, _denormalised(_normalised(image)))
-    mask = crf.crf_label_map(crf_image, probs, labels, **params)
-    same += int((mask == theirs_mask).sum())
-    total += mask.size
+    pairs.append((crf.crf_label_map(crf_image, probs, labels, **params), theirs_mask))
     if fitted:  # the seeds have structure: the masks follow the objects
       assert (theirs_mask == split.mask(i)).mean() > 0.8
-  assert same / total >= AGREEMENT, f'{100 * same / total:.3f} % identical pixels'
+  _assert_masks_agree(pairs)
 
 
 @functools.lru_cache(maxsize=None)
@@ -280,13 +282,9 @@ def _segmenter_step():
 def test_segmenter_predictions_match_the_authors(fitted):
   cfg, model, step = _segmenter_step()
   net = _deeplab(fitted)
-  variables = _ours(net, model, 'deeplab')
-  split = _split()
   params = crf.crf_params_from_config(cfg.crf)
-  same, total = 0, 0
-  for i, image, out in infer.run_split(step, {'seg': variables}, split, range(len(split)),
-                                       cfg.infer.buckets, 2, with_labels=False):
-    res = out['seg']
+  pairs = []
+  for _, _, image, res in _ours_on_scenes(cfg, step, net, model, 'deeplab', False):
     mean, theirs_mask = _their_prediction(net, image)
     kept = np.flatnonzero(mean.reshape(C + 1, -1).max(axis=1) >= 0.05)
     np.testing.assert_array_equal(np.sort(res['channels']), kept)
@@ -295,6 +293,5 @@ def test_segmenter_predictions_match_the_authors(fitted):
                                atol=2e-5)
     mask = crf.crf_label_map(crf.crf_image(image, cfg.crf.image, MEAN, STD), res['probs'],
                              res['channels'], **params)
-    same += int((mask == theirs_mask).sum())
-    total += mask.size
-  assert same / total >= AGREEMENT, f'{100 * same / total:.3f} % identical pixels'
+    pairs.append((mask, theirs_mask))
+  _assert_masks_agree(pairs)

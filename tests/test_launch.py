@@ -89,6 +89,8 @@ def test_end_to_end_multistage_resume_and_rerun_skips(tmp_path):
 
 @pytest.mark.parametrize('args,needle', [
     (['--config.train.no_such_key=1'], 'no_such_key'),
+    (['--config.train.stpes=5'], "config.train has no field 'stpes'; did you mean 'steps'?"),
+    (['--config.train.steps=many'], '--config.train.steps=many'),
     (['--stages=train,bogus'], "'bogus'"),
     (['--config.mix.kind=cutmix'], 'mix.kind'),
     (['--config.rs.certain=1.5'], 'rs.certain'),
@@ -96,9 +98,10 @@ def test_end_to_end_multistage_resume_and_rerun_skips(tmp_path):
 ])
 def test_bad_input_one_line_error(tmp_path, args, needle):
   r = _launch(f'--workdir={tmp_path / "run"}', *args)
-  assert r.returncode != 0
+  assert r.returncode == 2, r.stderr[-2000:]
   lines = [line for line in r.stderr.strip().splitlines() if line.strip()]
   assert needle in lines[-1], r.stderr[-2000:]
+  assert lines[-1].startswith('error: ') and 'Traceback' not in r.stderr, r.stderr[-2000:]
 
 
 def test_unwritable_workdir(tmp_path):

@@ -27,6 +27,8 @@ from recurseed_jax.models import weights
 from recurseed_jax.models.norm import BatchNorm
 import torch_reference as tr
 
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
+
 TOL = 2e-4  # relative to the values' scale (_tolerance)
 R50, R101 = (3, 4, 6, 3), (3, 4, 23, 3)
 MAX_DIFF = {}  # largest difference per test, printed by test_zz_report with -s
@@ -38,15 +40,6 @@ def _nhwc(t):
 
 def _images(size, batch=1, seed=0):
   return np.random.RandomState(seed).randn(batch, 3, size, size).astype(np.float32)
-
-
-@pytest.fixture(autouse=True, scope='module')
-def _one_torch_thread():
-  # On a busy 2-core machine torch's spinning worker threads slow it down 10-20x.
-  threads = torch.get_num_threads()
-  torch.set_num_threads(1)
-  yield
-  torch.set_num_threads(threads)
 
 
 def _like(model, size=64):

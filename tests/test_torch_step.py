@@ -25,17 +25,10 @@ from configs import default
 from recurseed_jax import method
 from recurseed_jax import objectives
 
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
+
 B, C, CROP = 3, 4, 32
 TOL = dict(rtol=1e-4, atol=1e-4)
-
-
-@pytest.fixture(scope='module', autouse=True)
-def _one_torch_thread():
-  """Tiny tensors: threads only add contention (and spin-wait badly on a busy machine)."""
-  old = torch.get_num_threads()
-  torch.set_num_threads(1)
-  yield
-  torch.set_num_threads(old)
 
 
 def _seed_config():

@@ -24,6 +24,8 @@ from recurseed_jax import objectives
 from recurseed_jax import train
 import reference
 
+pytestmark = pytest.mark.usefixtures('fast_compiles')
+
 NUM_CLASSES = 5
 CROP = 32
 BATCH = 4
@@ -60,15 +62,6 @@ def _fake_out(seed=0):
       logits=jnp.zeros((BATCH, NUM_CLASSES), jnp.float32),
       features={f'stage{k}': jnp.asarray(rng.normal(size=(BATCH, os8, os8, 8 * k)), jnp.float32)
                 for k in (2, 3, 4, 5)})
-
-
-@pytest.fixture(scope='module', autouse=True)
-def _fast_compiles():
-  """Cheaper XLA compiles while this module runs (compiling train steps is its whole cost)."""
-  old = jax.config.read('jax_disable_most_optimizations')
-  jax.config.update('jax_disable_most_optimizations', True)
-  yield
-  jax.config.update('jax_disable_most_optimizations', old)
 
 
 def _tree_allfinite(tree):

@@ -10,7 +10,6 @@ test_run_split_compiles_once_per_bucket), CRF of an image with no kept class
 import json
 import os
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -23,15 +22,9 @@ from recurseed_jax.method import certainty
 from recurseed_jax.method import seeds
 import reference
 
+pytestmark = pytest.mark.usefixtures('fast_compiles')
+
 NUM_CLASSES, CROP, BATCH = 5, 32, 4
-
-
-@pytest.fixture(autouse=True)
-def _fast_compiles():
-  old = jax.config.read('jax_disable_most_optimizations')
-  jax.config.update('jax_disable_most_optimizations', True)
-  yield
-  jax.config.update('jax_disable_most_optimizations', old)
 
 
 def _edge_batch():
