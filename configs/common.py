@@ -106,7 +106,11 @@ def multistage(c, head, num_train, epochs=None, steps=None):
   this training, so its recipe is the public one of each head (SEGMENTER_RECIPES, with sources);
   the schedule is `epochs` over `num_train` images or `steps` (default: the recipe's).
   """
-  c.stages = 'train_rs,seeds,crf,train_seg,predict,evaluate,export'
+  # The authors' released multi-stage masks were made "after applying a random walk": IRN's.
+  c.stages = ('train_rs,seeds,ir_labels,train_boundary,random_walk,train_seg,predict,evaluate,'
+              'export')
+  c.pseudo.method = 'random_walk'
+  random_walk(c, num_train)
   s = c.seg
   s.init = 'imagenet:pretrained/resnet101.pth'  # a torchvision resnet101 state_dict (README)
   m = s.model
@@ -131,4 +135,27 @@ def multistage(c, head, num_train, epochs=None, steps=None):
   t.log_every = 50
   s.infer.class_threshold = 0.05     # METHOD.md section 5 (multi-stage)
   s.infer.batch_size = 4             # ResNet-101 at OS8, scale 2 with flips: fits an 80 GB GPU
+  return c
+
+
+def random_walk(c, num_train):
+  """IRN's recipe for the boundary network and the walk (jiwoon-ahn/irn, run_sample.py and
+  step/train_irn.py): a frozen ImageNet ResNet-50, crops of 512 rescaled 0.5-1.5 and flipped,
+  batch 32, 3 epochs, SGD lr 0.1 poly 0.9 (momentum 1e-4, as IRN's optimiser ends up), weight
+  decay 1e-4, pairs within radius 10; the walk: beta 10, exp_times 8, radius 5, background 0.25,
+  images padded to 512."""
+  b = c.boundary
+  b.init = 'imagenet:pretrained/resnet50.pth'
+  b.radius = 10
+  b.data.crop_size = 512
+  b.data.scale_range = (0.5, 1.5)
+  b.data.long_side = None
+  b.data.flip = True
+  b.train.batch_size = 32
+  b.train.steps = _epochs(32, num_train, 3)
+  b.train.checkpoint_every = 1000
+  b.train.log_every = 50
+  w = c.random_walk
+  w.beta, w.exp_times, w.radius, w.bg, w.size = 10.0, 8, 5, 0.25, 512
+  w.batch_size = 8
   return c

@@ -122,6 +122,7 @@ def get_config():
   c.optim.weight_decay = 1e-4        # not on biases nor BatchNorm
   c.optim.poly_power = 0.9
   c.optim.warmup_steps = 0
+  c.optim.freeze_backbone = False    # True: the backbone gets no update (the boundary network)
 
   # --- training ----------------------------------------------------------------------------------
   c.train = ml_collections.ConfigDict()
@@ -193,6 +194,55 @@ def get_config():
   # The authors' DeepLab inference: bilinear, every label (background too) whose max >= 0.05.
   c.seg.infer = ml_collections.ConfigDict(dict(class_threshold=0.05, interpolation='bilinear'))
   c.seg.predict_model = ml_collections.ConfigDict()  # at prediction: e.g. output_stride=8
+
+  # --- pseudo masks: DenseCRF or IRN's random walk (METHOD.md section 5) -----------------------
+  # What train_seg trains on and evaluate scores as the pseudo masks: 'crf' (stage crf:
+  # pseudo_masks/), 'random_walk' (stages ir_labels, train_boundary, random_walk:
+  # pseudo_masks_rw/) or 'random_walk+crf' (the same, then DenseCRF on the random walk's
+  # scores: pseudo_masks_rw_crf/).
+  c.pseudo = ml_collections.ConfigDict()
+  c.pseudo.method = 'crf'
+  # Stage ir_labels (IRN's cam_to_ir_label): confident foreground where the seed beats conf_fg,
+  # background where nothing beats conf_bg, each through a label CRF; 255 between.
+  c.ir_labels = ml_collections.ConfigDict()
+  c.ir_labels.conf_fg = 0.30
+  c.ir_labels.conf_bg = 0.05
+  c.ir_labels.crf = ml_collections.ConfigDict(dict(
+      iterations=10, gt_prob=0.7, pos_xy_std=3.0, pos_weight=3.0, bi_xy_std=50.0, bi_rgb_std=5.0,
+      bi_weight=10.0))
+  # Stage train_boundary: IRN's boundary branch on a frozen ResNet (models/boundary_net.py),
+  # trained on pixel pairs within `radius` (stride-4 cells) of the relation labels. As c.seg, each
+  # subsection lists the fields of that section that differ for it; the rest are the run's.
+  c.boundary = ml_collections.ConfigDict()
+  # Its backbone: 'recurseed' (the trained RecurSeed network's: no ImageNet weights needed),
+  # 'imagenet:<path>' (IRN's frozen ImageNet ResNet-50), 'affinity:<path>' (the authors'
+  # AffinityNet, whole) or 'scratch'.
+  c.boundary.init = 'recurseed'
+  c.boundary.feature_size = 32       # channels of each of the five edge branches
+  # Pairs within this many stride-4 cells (IRN: 10 on 512 crops; the demo's 64-pixel crops
+  # have 16 cells, which hold radius 5 at most: 2 * radius - 1 columns).
+  c.boundary.radius = 5
+  c.boundary.data = ml_collections.ConfigDict(dict(
+      crop_size=64, scale_range=(0.8, 1.25), color_jitter=(0.0, 0.0, 0.0, 0.0)))
+  c.boundary.model = ml_collections.ConfigDict()
+  # IRN's optimiser: SGD at lr 0.1 on the branch, poly 0.9, weight decay 1e-4; its momentum is
+  # 1e-4 (IRN's PolyOptimizer passes weight_decay where torch's SGD takes momentum).
+  c.boundary.optim = ml_collections.ConfigDict(dict(
+      lr=0.1, head_lr_mult=1.0, momentum=1e-4, nesterov=False, weight_decay=1e-4,
+      freeze_backbone=True))
+  c.boundary.train = ml_collections.ConfigDict(dict(
+      steps=300, batch_size=16, log_every=50, checkpoint_every=200, upper_bound=False,
+      cam_baseline=False))
+  # Stage random_walk (IRN's make_sem_seg_labels): the seed at stride 4 propagated over the
+  # boundary network's affinities, upsampled, background `bg`, argmax.
+  c.random_walk = ml_collections.ConfigDict()
+  c.random_walk.beta = 10.0
+  c.random_walk.exp_times = 8        # 2 ** exp_times steps of the walk
+  c.random_walk.radius = 5
+  c.random_walk.bg = 0.25            # IRN's sem_seg_bg_thres
+  c.random_walk.size = 0             # images padded to size x size for the boundary network
+  #                                    (IRN: 512); 0 = the largest image of the split, rounded up
+  c.random_walk.batch_size = 8       # a multiple of the local devices
 
   # --- export --------------------------------------------------------------------------------
   c.export = ml_collections.ConfigDict()

@@ -28,6 +28,10 @@ from recurseed_jax.models import weights
 
 SEGMENTER_SECTIONS = ('data', 'model', 'optim', 'train', 'infer')
 SEGMENTER_SUBFOLDER = 'segmenter'  # <workdir>/segmenter: its checkpoints and metrics
+BOUNDARY_SECTIONS = ('data', 'model', 'optim', 'train')
+BOUNDARY_SUBFOLDER = 'boundary'  # <workdir>/boundary: the boundary network's checkpoints
+BOUNDARY_INITS = ('recurseed', 'scratch', 'imagenet:<path>', 'affinity:<path>')
+PSEUDO_METHODS = ('crf', 'random_walk', 'random_walk+crf')
 
 
 class ConfigError(ValueError):
@@ -136,6 +140,26 @@ def predict_config(config):
                 'config.seg.predict_model')
 
 
+def boundary_config(config):
+  """The run's config with config.boundary's fields in place: what train_boundary trains with.
+
+  The network is a BoundaryNet on the run's backbone layout (config.model's stage sizes and
+  width) at the authors' dilations; config.boundary.init picks its backbone weights ('recurseed':
+  the trained RecurSeed network's, which the train_boundary stage copies in).
+  """
+  sections = {name: config.boundary[name] for name in BOUNDARY_SECTIONS}
+  c = derive(config, sections, 'config.boundary')
+  init = str(config.boundary.init)
+  with c.unlocked():
+    c.model.network = 'boundary'
+    c.model.dilation_scheme = 'authors'  # the authors' AffinityNet: last_stride 1, no dilation
+    c.model.init = 'scratch' if init == 'recurseed' else init
+    c.train.cam_baseline = False
+    c.train.upper_bound = False
+    c.rs.seed_from_ema = False
+  return c
+
+
 def ablation_variants(config):
   """[(name, title, config)] of config.ablation.variants, in config.ablation.order, then the rest.
 
@@ -192,6 +216,7 @@ def validate(config, _variant=False):
                       "'recurseed' (the segmenter's is set through config.seg)")
   if 'seg' in config:
     _validate_segmenter(config)
+  _validate_random_walk(config)
   if 'ablation' in config and not _variant:
     for name, _, variant in ablation_variants(config):
       try:
@@ -357,3 +382,39 @@ def _validate_segmenter(config):
                       'positive')
   if config.seg.max_classes <= 0:
     raise ConfigError(f'config.seg.max_classes={config.seg.max_classes} must be positive')
+
+
+def _validate_random_walk(config):
+  """config.pseudo, config.ir_labels, config.boundary, config.random_walk."""
+  _choice(config.pseudo.method, 'pseudo.method', PSEUDO_METHODS)
+  _unit(config, 'ir_labels.conf_fg')
+  _unit(config, 'ir_labels.conf_bg')
+  if config.ir_labels.conf_bg > config.ir_labels.conf_fg:
+    raise ConfigError(f'config.ir_labels.conf_bg={config.ir_labels.conf_bg} must not exceed '
+                      f'config.ir_labels.conf_fg={config.ir_labels.conf_fg}')
+  init = str(config.boundary.init)
+  if init not in ('recurseed', 'scratch') and not init.startswith(('imagenet:', 'affinity:')):
+    raise ConfigError(f'config.boundary.init={init!r} is not one of: {", ".join(BOUNDARY_INITS)}')
+  b = boundary_config(config)  # raises naming config.boundary.<section>.<key>
+  for key in ('radius', 'feature_size'):
+    _at_least(config, f'boundary.{key}', 1)
+  if b.data.crop_size % 16:
+    raise ConfigError(f"the boundary network's crop {b.data.crop_size} (config.boundary.data."
+                      'crop_size or config.data.crop_size) must be a multiple of 16')
+  cells, radius = b.data.crop_size // 4, config.boundary.radius
+  if cells < 2 * radius - 1:
+    raise ConfigError(f'config.boundary.radius={radius} needs crops of at least '
+                      f'{4 * (2 * radius - 1)} pixels (2 * radius - 1 cells of 4), but the '
+                      f"boundary network's crop is {b.data.crop_size} (config.boundary.data."
+                      'crop_size)')
+  if b.train.steps < 0 or b.train.batch_size <= 0:
+    raise ConfigError('config.boundary.train.steps must be >= 0 and config.boundary.train.'
+                      'batch_size positive')
+  w = config.random_walk
+  if w.beta <= 0:
+    raise ConfigError(f'config.random_walk.beta={w.beta} must be positive')
+  for key, low in (('exp_times', 0), ('radius', 1), ('size', 0), ('batch_size', 1)):
+    _at_least(config, f'random_walk.{key}', low)
+  if w.size % 16:
+    raise ConfigError(f'config.random_walk.size={w.size} must be a multiple of 16 (0: automatic)')
+  _unit(config, 'random_walk.bg')

@@ -12,7 +12,8 @@
 
 The network is built from `--config` (plus `--config.x=y` overrides, as in launch.py) with
 `--num_classes` foreground classes (default: config.data.num_classes): RecurSeedNet for imagenet
-and rsepm, DeepLabNet with `model.segmenter_head` for deeplab. Only shapes are traced (nothing is
+and rsepm, DeepLabNet with `model.segmenter_head` for deeplab, the random walk's BoundaryNet for
+affinity (the authors' AffinityNet, edge layers). Only shapes are traced (nothing is
 compiled); the converted tensors, and only those, go to <dst> (an Orbax checkpoint plus
 import.json), which `model.init=<kind>:<dst>` then loads without torch and without renaming.
 """
@@ -66,6 +67,10 @@ def build(kind, config, num_classes=None):
   num_classes = num_classes or config.data.num_classes
   if kind == 'deeplab':
     return models.build_deeplab(config.model, num_classes)
+  if kind == 'affinity':  # the authors' AffinityNet: a BoundaryNet at their dilations
+    with config.unlocked():
+      config.model.dilation_scheme = 'authors'
+    return models.build_boundary(config.model, feature_size=config.boundary.feature_size)
   return models.build_model(config.model, num_classes)
 
 

@@ -117,12 +117,13 @@ def crf_label_map(image, probs, labels, **crf_params):
   return labels.astype(np.uint8)[np.argmax(q, axis=2)]
 
 
-def _crf_job(path, image, probs, labels, params):
+def _crf_job(path, image, probs, labels, params, label_fn):
   """Worker body: one image, written atomically (module level so 'spawn' can pickle it)."""
-  io_utils.save_palette_png(path, crf_label_map(image, probs, labels, **params))
+  io_utils.save_palette_png(path, (label_fn or crf_label_map)(image, probs, labels, **params))
 
 
-def run_crf(items, out_dir, *, params, workers=2, queue_size=8, desc='crf', total=None):
+def run_crf(items, out_dir, *, params, workers=2, queue_size=8, desc='crf', total=None,
+            label_fn=None):
   """Runs `crf_label_map` over a stream of seeds and writes `<out_dir>/<image_id>.png`.
 
   `items` is iterated on a background thread at most `queue_size` items ahead, so when it is a
@@ -140,6 +141,9 @@ def run_crf(items, out_dir, *, params, workers=2, queue_size=8, desc='crf', tota
     queue_size: items the producer thread may run ahead of the pool.
     desc: progress bar label.
     total: item count for the progress bar (defaults to len(items) when it has one).
+    label_fn: another `(image, array, vector, **params) -> uint8 [H, W]` function to run in the
+      pool instead of crf_label_map (a module-level function, so the pool can pickle it), e.g.
+      relation_labels.relation_label_map.
 
   Returns:
     {'written': n, 'skipped': n, 'seconds': s}.
@@ -175,7 +179,7 @@ def run_crf(items, out_dir, *, params, workers=2, queue_size=8, desc='crf', tota
         continue
       if workers <= 0:
         try:
-          _crf_job(path, image, probs, labels, params)
+          _crf_job(path, image, probs, labels, params, label_fn)
         except Exception as exc:
           raise RuntimeError(f'CRF failed for image {image_id!r}: {exc!r}') from exc
         counts['written'] += 1
@@ -187,7 +191,7 @@ def run_crf(items, out_dir, *, params, workers=2, queue_size=8, desc='crf', tota
       while len(pending) >= max_in_flight:
         done, _ = cf.wait(list(pending), return_when=cf.FIRST_COMPLETED)
         collect(done)
-      pending[pool.submit(_crf_job, path, image, probs, labels, params)] = image_id
+      pending[pool.submit(_crf_job, path, image, probs, labels, params, label_fn)] = image_id
     while pending:
       done, _ = cf.wait(list(pending), return_when=cf.FIRST_COMPLETED)
       collect(done)

@@ -12,6 +12,9 @@ pure function of them; the config enters through `make_objective`'s closure.
 - 'full': the fully supervised upper bound: the same losses against the true masks.
 - 'seg': the multi-stage segmenter (a DeepLabNet) on the batch masks (pseudo masks): pixel
   cross-entropy, 255 ignored.
+- 'boundary': the random walk's boundary network (a BoundaryNet) on the relation labels (the
+  batch masks): IRN's affinity loss over the pixel pairs within config.boundary.radius of the
+  stride-4 label map (method/affinity.py).
 
 Every loss and metric is a ratio `ctx.share((numerator, count))`: under pmap the count is summed
 over devices, so the per-device shares add up (psum) to the value of the global batch.
@@ -26,9 +29,10 @@ import jax.numpy as jnp
 from recurseed_jax import confusion
 from recurseed_jax import method
 from recurseed_jax import parallel
+from recurseed_jax.method import affinity
 from recurseed_jax.method import recursion
 
-SUPERVISIONS = ('weak', 'cam', 'full', 'seg')
+SUPERVISIONS = ('weak', 'cam', 'full', 'seg', 'boundary')
 _ARGMAX_MIXES = ('classmix', 'edgepredictmix')  # paste the unfiltered seed, not the hard one
 
 
@@ -153,6 +157,32 @@ def _segmenter(config):
   return objective
 
 
+def _boundary(config):
+  radius = int(config.boundary.radius)
+
+  def objective(out, batch, ctx):
+    if ctx.use_mix:
+      raise ValueError('mixing needs seeds: use_mix only with supervision="weak"')
+    edge = jax.nn.sigmoid(out)  # [B, h, w]: the boundary probability at stride 4
+    # IRN reduces the crop's relation labels x0.25 (nearest) to the logits' stride-4 grid.
+    small = affinity.reduce_label(batch['mask'], 0.25)
+    if small.shape[1:] != edge.shape[1:]:
+      raise ValueError(f'crop {batch["mask"].shape[1:]} gives a {small.shape[1:]} label grid '
+                       f'but {edge.shape[1:]} boundary logits: use a crop that is a multiple of 4')
+    parts = affinity.affinity_loss_parts(affinity.edge_to_affinity(edge, radius),
+                                         affinity.pair_labels(small, radius))
+    # IRN's sum / (count + 1e-5) per pair set, with the count of the global batch (pmap).
+    parts = {k: (total, parallel.psum(jax.lax.stop_gradient(count), ctx.axis_name))
+             for k, (total, count) in parts.items()}
+    terms = affinity.affinity_loss_from_parts(parts)
+    metrics = {k: terms[k] for k in ('bg_pos', 'fg_pos', 'neg')}
+    metrics['boundary'] = ctx.share((jnp.sum(edge), jnp.float32(edge.size)))
+    metrics['loss'] = terms['total']
+    return terms['total'], metrics
+
+  return objective
+
+
 def make_objective(config, supervision):
   """The objective of a supervision (SUPERVISIONS), closed over the config's knobs."""
   if supervision == 'weak':
@@ -163,4 +193,6 @@ def make_objective(config, supervision):
     return _cam_only(config)
   if supervision == 'seg':
     return _segmenter(config)
+  if supervision == 'boundary':
+    return _boundary(config)
   raise ValueError(f'supervision={supervision!r} is not one of {SUPERVISIONS}')

@@ -81,14 +81,16 @@ def _schedule(optim_config, total_steps, lr_mult=1.0):
 
 
 def make_optimizer(optim_config, total_steps):
-  """SGD (Nesterov) with poly decay, `head_lr_mult` on new heads, no decay on BN and biases."""
+  """SGD (Nesterov) with poly decay, `head_lr_mult` on new heads, no decay on BN and biases;
+  with `freeze_backbone` the backbone gets no update at all (not even weight decay)."""
   def sgd(lr_mult):
     return optax.chain(
         optax.add_decayed_weights(optim_config.weight_decay, mask=models.decay_mask),
         optax.sgd(_schedule(optim_config, total_steps, lr_mult),
                   momentum=optim_config.momentum, nesterov=optim_config.nesterov))
+  backbone = optax.set_to_zero() if optim_config.freeze_backbone else sgd(1.0)
   return optax.multi_transform(
-      {'backbone': sgd(1.0), 'head': sgd(optim_config.head_lr_mult)}, models.param_groups)
+      {'backbone': backbone, 'head': sgd(optim_config.head_lr_mult)}, models.param_groups)
 
 
 def learning_rate(optim_config, total_steps, step):
@@ -110,11 +112,11 @@ def compute_dtype(config):
 
 
 def network_builder(config):
-  """models.build_model (RecurSeedNet) or models.build_deeplab, by config.model.network."""
-  name = config.model.network
-  if name not in models.NETWORKS:
-    raise ValueError(f'config.model.network={name!r} is not one of: {", ".join(models.NETWORKS)}')
-  return models.build_model if name == 'recurseed' else models.build_deeplab
+  """The builder of config.model.network: RecurSeedNet, DeepLabNet or BoundaryNet."""
+  build = models.builder(config.model.network)
+  if config.model.network == 'boundary':
+    return functools.partial(build, feature_size=config.boundary.feature_size)
+  return build
 
 
 def build_model(config, num_classes, mode=None):
@@ -135,7 +137,13 @@ def init_state(config, params, batch_stats, num_classes):
                     seed_window=window, tx=tx)
 
 
-def create_state(config, model, rng, input_shape):
+def _classes(model):
+  """The network's class count (the training seed's confusion window); 0 for the boundary
+  network, which has no classes."""
+  return getattr(model, 'num_classes', 0)
+
+
+def create_state(config, model, rng, input_shape, init_fn=None):
   # An 'rbg' key compiles init in a fraction of threefry's time (one RNG kernel per shape).
   key = jax.random.key(int(jax.random.randint(rng, (), 0, 2**31 - 1)), impl='rbg')
   variables = jax.jit(functools.partial(model.init, train=False))(
@@ -143,8 +151,10 @@ def create_state(config, model, rng, input_shape):
   # config.model.init: scratch, or ImageNet / RS+EPM / DeepLab weights (models/weights.py).
   variables = models.apply_init(config.model.init, variables,
                                 strict=config.model.init_strict)
+  if init_fn is not None:  # e.g. the boundary network's backbone from a trained run
+    variables = init_fn(variables)
   # One compiled program instead of an eager op (and compile) per parameter shape.
-  return jax.jit(functools.partial(init_state, config, num_classes=model.num_classes))(
+  return jax.jit(functools.partial(init_state, config, num_classes=_classes(model)))(
       variables['params'], variables.get('batch_stats', {}))
 
 
@@ -154,7 +164,7 @@ def abstract_state(config, model, input_shape, sharding=None):
     variables = model.init({'params': jax.random.key(0, impl='rbg')},
                            jnp.zeros(input_shape, jnp.float32), train=False)
     return init_state(config, variables['params'], variables.get('batch_stats', {}),
-                      model.num_classes)
+                      _classes(model))
   shapes = jax.eval_shape(make)
   return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
 
@@ -262,6 +272,7 @@ class Setup:
   mode: str
   supervision: str
   step_fn: Any
+  init_fn: Any = None  # variables -> variables, after config.model.init (train's init_fn)
   _compiled: dict = dataclasses.field(default_factory=dict)
 
   @property
@@ -276,7 +287,7 @@ class Setup:
 
   def init_state(self):
     init_rng, _ = _keys(self.config)
-    state = create_state(self.config, self.model, init_rng, self.input_shape)
+    state = create_state(self.config, self.model, init_rng, self.input_shape, self.init_fn)
     return parallel.replicate(state, self.mesh)
 
   def abstract_state(self):
@@ -287,7 +298,7 @@ class Setup:
     return parallel.shard_batch({k: batch[k] for k in BATCH_KEYS}, self.mesh, self.mode)
 
 
-def setup(config, num_classes, supervision='weak', mesh=None):
+def setup(config, num_classes, supervision='weak', mesh=None, init_fn=None):
   """Checks the batch against the devices (before any compute) and builds the step."""
   mesh = parallel.make_mesh() if mesh is None else mesh
   mode = config.parallel.mode
@@ -296,7 +307,7 @@ def setup(config, num_classes, supervision='weak', mesh=None):
   model = build_model(config, num_classes, mode)
   step_fn = make_train_step(config, model, supervision, axis_name=parallel.axis_name(mode))
   return Setup(config=config, model=model, mesh=mesh, mode=mode, supervision=supervision,
-               step_fn=step_fn)
+               step_fn=step_fn, init_fn=init_fn)
 
 
 # --- the loop ----------------------------------------------------------------------------------
@@ -389,7 +400,7 @@ class _Logger:
 
 
 def train(config, workdir, num_classes, *, supervision='weak', desc='train', data_iter_fn=None,
-          mesh=None):
+          mesh=None, init_fn=None):
   """Runs (or resumes) training into `workdir`; returns the final variables.
 
   `data_iter_fn(start_step)` returns this process's batch iterator from global step start_step
@@ -397,12 +408,13 @@ def train(config, workdir, num_classes, *, supervision='weak', desc='train', dat
   Checkpoints: `<workdir>/checkpoints` (every train.checkpoint_every steps, at the end, and on
   SIGTERM / SIGINT, after which Interrupted is raised); metrics: `<workdir>/metrics.jsonl` and
   TensorBoard events in `<workdir>` (process 0 only). Raises NonFiniteError after
-  train.max_nonfinite non-finite steps in a row.
+  train.max_nonfinite non-finite steps in a row. `init_fn(variables) -> variables` runs after
+  config.model.init on a fresh start (not on resume).
   """
   total = config.train.steps
   if total == 0:  # inference from config.model.init only (see restore_variables)
     return None
-  s = setup(config, num_classes, supervision, mesh)
+  s = setup(config, num_classes, supervision, mesh, init_fn)
   lead = jax.process_index() == 0
   if lead:
     os.makedirs(workdir, exist_ok=True)

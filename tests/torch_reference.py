@@ -316,3 +316,61 @@ def randomize_(module: nn.Module, seed: int = 0, calibration_batch: int = 2,
 def state_dict_numpy(module: nn.Module) -> Dict[str, np.ndarray]:
   """The module's state_dict as numpy arrays (what an .npz of the checkpoint holds)."""
   return {k: v.detach().cpu().numpy().copy() for k, v in module.state_dict().items()}
+
+
+class TorchAffinityNet(nn.Module):
+  """The authors' AffinityNet edge layers (core/networks.py, with_instance=False): keys model.*
+  (their ResNet, BatchNorm always in eval mode as their FixedBatchNorm), fc_edge1..5 (1x1 conv
+  without bias `.0`, GroupNorm(4, C, eps=1e-3) `.1`, for 3..5 an Upsample x2 / x4 / x4 before
+  the ReLU), fc_edge6 (1x1 with bias). Their backbone outputs are the stem after the max-pool
+  and layer1..layer4, each detached.
+
+  Their forward concatenates the five maps as they are, which needs input sizes where they
+  line up (multiples of 16); this one crops the upsampled maps to the stride-4 size first, as
+  IRN's forward does, a no-op for those sizes. `forward` returns the logits [B, 1, h, w];
+  `get_edge` is IRN's EdgeDisplacement inference (flip, zero pad to `image_size`, crop,
+  sigmoid of the mean logit) for a batch.
+  """
+
+  def __init__(self, layers: Sequence[int] = (3, 4, 6, 3), width: int = 64,
+               feature_size: int = 32, dilation_scheme: str = 'authors'):
+    super().__init__()
+    self.model = TorchResNet(layers, 16, dilation_scheme, width)
+    in_channels = [width, width * 4, width * 8, width * 16, width * 32]
+    for i, (channels, scale) in enumerate(zip(in_channels, (1, 1, 2, 4, 4))):
+      parts = [nn.Conv2d(channels, feature_size, 1, bias=False),
+               nn.GroupNorm(4, feature_size, eps=1e-3)]
+      if scale > 1:
+        parts.append(nn.Upsample(scale_factor=scale, mode='bilinear', align_corners=False))
+      parts.append(nn.ReLU(inplace=True))
+      setattr(self, f'fc_edge{i + 1}', nn.Sequential(*parts))
+    self.fc_edge6 = nn.Conv2d(feature_size * 5, 1, 1, bias=True)
+
+  def stages(self, x):
+    """The five detached backbone outputs, BatchNorm in eval mode whatever the module's mode."""
+    m = self.model
+    was_training = m.training
+    m.eval()
+    x1 = m.maxpool(F.relu(m.bn1(m.conv1(x))))
+    xs = [x1]
+    for i in range(4):
+      xs.append(getattr(m, f'layer{i + 1}')(xs[-1]))
+    m.train(was_training)
+    return [t.detach() for t in xs]
+
+  def forward(self, x):
+    xs = self.stages(x)
+    edges = [getattr(self, f'fc_edge{i + 1}')(t) for i, t in enumerate(xs)]
+    h, w = edges[1].shape[2:]
+    edges = [e[..., :h, :w] for e in edges]
+    return self.fc_edge6(torch.cat(edges, dim=1))
+
+  @torch.no_grad()
+  def get_edge(self, x, image_size=512, stride=4):
+    """[B, 3, H, W] -> [B, ceil(H / 4), ceil(W / 4)] boundary probabilities."""
+    b = x.shape[0]
+    both = torch.cat([x, x.flip(-1)], dim=0)
+    feat = (x.shape[2] - 1) // stride + 1, (x.shape[3] - 1) // stride + 1
+    both = F.pad(both, [0, image_size - x.shape[3], 0, image_size - x.shape[2]])
+    out = self.forward(both)[:, 0, :feat[0], :feat[1]]
+    return torch.sigmoid(out[:b] / 2 + out[b:].flip(-1) / 2)

@@ -9,6 +9,7 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 
+from recurseed_jax.models.boundary_net import BoundaryNet
 from recurseed_jax.models.deeplab import ASPP
 from recurseed_jax.models.deeplab import DeepLabV2Head
 from recurseed_jax.models.deeplab import DeepLabV3PlusHead
@@ -19,8 +20,9 @@ from recurseed_jax.models.resnet import ResNet
 from recurseed_jax.models.weights import apply_init
 
 __all__ = [
-    'ASPP', 'Bottleneck', 'DeepLabNet', 'DeepLabV2Head', 'DeepLabV3PlusHead', 'RecurSeedNet',
-    'ResNet', 'apply_init', 'build_deeplab', 'build_model', 'decay_mask', 'param_groups',
+    'ASPP', 'Bottleneck', 'BoundaryNet', 'DeepLabNet', 'DeepLabV2Head', 'DeepLabV3PlusHead',
+    'RecurSeedNet', 'ResNet', 'apply_init', 'build_boundary', 'build_deeplab', 'build_model', 'builder',
+    'decay_mask', 'param_groups',
     'COMPUTE_DTYPES', 'NETWORKS', 'SEGMENTER_HEADS',
 ]
 
@@ -28,7 +30,8 @@ __all__ = [
 # config.train.dtype -> the networks' compute dtype (parameters and losses stay float32).
 COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 SEGMENTER_HEADS = ('v3plus', 'v2')  # config.model.segmenter_head
-NETWORKS = ('recurseed', 'deeplab')  # config.model.network: RecurSeedNet, DeepLabNet
+NETWORKS = ('recurseed', 'deeplab', 'boundary')  # config.model.network: RecurSeedNet, DeepLabNet,
+#                                                 BoundaryNet
 
 
 def build_model(model_config: Any, num_classes: int, dtype: Any = jnp.float32,
@@ -64,6 +67,28 @@ def build_deeplab(model_config: Any, num_classes: int, head: Optional[str] = Non
   c = model_config
   return DeepLabNet(head=head or c.segmenter_head, v2_rates=tuple(c.v2_rates),
                     **_shared_fields(c, num_classes, dtype, bn_axis_name))
+
+
+def build_boundary(model_config: Any, num_classes: Optional[int] = None,
+                   dtype: Any = jnp.float32, bn_axis_name: Optional[str] = None,
+                   feature_size: int = 32) -> BoundaryNet:
+  """Builds the random walk's BoundaryNet on the `config.model` backbone (stage sizes, width).
+
+  num_classes and bn_axis_name are unused (one boundary logit; the backbone's BatchNorm is
+  frozen): the signature is the other builders'.
+  """
+  del num_classes, bn_axis_name
+  return BoundaryNet(stage_sizes=tuple(model_config.stage_sizes), width=model_config.width,
+                     feature_size=feature_size, dtype=dtype,
+                     dilation_scheme=model_config.dilation_scheme)
+
+
+def builder(network: str):
+  """The builder of a config.model.network name (NETWORKS)."""
+  builders = dict(recurseed=build_model, deeplab=build_deeplab, boundary=build_boundary)
+  if network not in builders:
+    raise ValueError(f'config.model.network={network!r} is not one of: {", ".join(NETWORKS)}')
+  return builders[network]
 
 
 def _key_name(entry: Any) -> str:

@@ -5,6 +5,7 @@
   'imagenet:<path>'         a torchvision resnet50/101 state_dict -> the backbone only;
   'rsepm:<path>'            the authors' RSEPM network -> the whole RecurSeedNet;
   'deeplab:<path>'          the authors' DeepLabv3_Plus or DeepLabv2 -> a DeepLabNet;
+  'affinity:<path>'         the authors' AffinityNet (edge layers) -> a BoundaryNet;
 where <path> is a .pth (read with torch.load(weights_only=True); needs torch), an .npz of the
 same keys (no torch needed; np.load(allow_pickle=False)), or a folder written by
 `python -m recurseed_jax.convert_weights` (an Orbax checkpoint of the converted tensors).
@@ -26,10 +27,14 @@ torchvision files; `fc.*` and `num_batches_tracked` are ignored):
 | decoder.low_block                         | <head>/reduce                                  |
 | decoder.classifier.0, .2, .4              | <head>/fuse1, fuse2, classifier                |
 | aspp.aspp{1..4} (DeepLabv2, with bias)    | head/conv{0..3}                                |
+| fc_edge{1..5}.0, fc_edge{1..5}.1 (GN)     | fc_edge{1..5}/conv, fc_edge{1..5}/gn           |
+| fc_edge6 (AffinityNet, 1x1 with bias)     | fc_edge6                                       |
 
 <head> is seg_head (RecurSeedNet) or head (DeepLabNet); inside ConvBNReLU blocks `.conv` /
 `.bn` keep their names. Leaves: weight -> kernel (conv, OIHW -> HWIO) or scale (BN), bias ->
-bias, running_mean / running_var -> batch_stats mean / var.
+bias, running_mean / running_var -> batch_stats mean / var. AffinityNet's buffers
+`path_indices_*` and `disp_target` (pair layouts, not weights) are ignored; the weights of its
+displacement branch (with_instance=True: fc_dp*, mean_shift) need strict=False.
 """
 
 import json
@@ -43,8 +48,8 @@ import flax
 import jax
 import numpy as np
 
-KINDS = ('imagenet', 'rsepm', 'deeplab')
-INIT_FORMS = "'scratch', 'imagenet:<path>', 'rsepm:<path>' or 'deeplab:<path>'"
+KINDS = ('imagenet', 'rsepm', 'deeplab', 'affinity')
+INIT_FORMS = "'scratch', 'imagenet:<path>', 'rsepm:<path>', 'deeplab:<path>' or 'affinity:<path>'"
 META_FILE = 'import.json'
 _LIST_LIMIT = 40
 
@@ -193,9 +198,11 @@ def _scope(kind: str, params: Dict[str, Any]) -> Tuple[str, ...]:
   top = set(params)
   if kind == 'imagenet':
     return ('backbone',) if 'backbone' in top else ()
-  want = {'rsepm': {'backbone', 'classifier', 'seg_head'}, 'deeplab': {'backbone', 'head'}}[kind]
+  want = {'rsepm': {'backbone', 'classifier', 'seg_head'}, 'deeplab': {'backbone', 'head'},
+          'affinity': {'backbone'} | {f'fc_edge{i}' for i in range(1, 7)}}[kind]
   if top != want:
-    net = {'rsepm': 'RecurSeedNet (build_model)', 'deeplab': 'DeepLabNet (build_deeplab)'}[kind]
+    net = {'rsepm': 'RecurSeedNet (build_model)', 'deeplab': 'DeepLabNet (build_deeplab)',
+           'affinity': 'BoundaryNet (models/boundary_net.py)'}[kind]
     raise WeightImportError(
         f'{kind} checkpoints load into a {net} with top-level modules {sorted(want)}; this '
         f'model has {sorted(top)}')
@@ -217,6 +224,9 @@ def torch_key(kind: str, path: Path, num_fuse: int = 2) -> str:
       names = ['classifier'] + list(modules[1:])
     elif len(modules) > 1 and modules[0] in ('seg_head', 'head'):
       names = _head_names(modules[1:], num_fuse)
+    elif modules and re.fullmatch(r'fc_edge\d', modules[0]):  # AffinityNet's Sequentials
+      inner = [{'conv': '0', 'gn': '1'}.get(m) for m in modules[1:]]
+      names = None if None in inner else [modules[0]] + inner
   if not names:
     raise WeightImportError(f'no PyTorch counterpart for Flax variable {"/".join(path)}')
   return '.'.join(names + [suffix])
@@ -275,6 +285,8 @@ def to_state_dict(kind: str, variables: Dict[str, Any]) -> Dict[str, np.ndarray]
 def _ignorable(kind: str, key: str) -> bool:
   if key.endswith('num_batches_tracked'):
     return True
+  if kind == 'affinity':
+    return key.startswith('path_indices_') or key == 'disp_target'
   return kind == 'imagenet' and key.split('.')[0] == 'fc'
 
 
@@ -287,6 +299,8 @@ def _names(keys, limit: int = _LIST_LIMIT) -> str:
 def _hint(kind: str, keys) -> str:
   """A guess at the right kind when most names miss."""
   keys = list(keys)
+  if any(k.startswith('fc_edge') for k in keys):
+    return " The file looks like the authors' AffinityNet: use affinity:<path>."
   if any(k.startswith('model.layer') for k in keys):
     has_decoder = any(k.startswith('decoder.') for k in keys)
     has_cam = 'classifier.weight' in keys

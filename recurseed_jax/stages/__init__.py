@@ -6,6 +6,9 @@ pipeline order, resumably. products.py says what each writes where.
   train_rs   RecurSeed (+ plain-CAM baseline, upper bound)    train_rs.py
   seeds      seeds of the training images, val/test predictions seeds.py
   crf        DenseCRF of the seeds -> pseudo masks              crf.py
+  ir_labels  relation labels of the seeds (IRN)                 ir_labels.py
+  train_boundary  the random walk's boundary network            train_boundary.py
+  random_walk  the random walk's pseudo masks (+ CRF)           random_walk.py
   train_seg  the multi-stage segmenter on the pseudo masks      train_seg.py
   predict    the segmenter's val/test predictions (+ CRF)       predict.py
   evaluate   mIoU tables of every product                       evaluate.py

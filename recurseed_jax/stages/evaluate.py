@@ -10,8 +10,9 @@ from recurseed_jax import io_utils
 from recurseed_jax.stages import products
 
 
-def _train_confusions(ctx, train, num_labels, with_masks=True):
-  """Confusion matrices of every seed kind and (with_masks) of the pseudo masks, on train."""
+def _train_confusions(ctx, train, num_labels, mask_products):
+  """Confusion matrices of every seed kind and of the pseudo masks `mask_products` ([(summary
+  key, folder)]), on train."""
   bg_power = ctx.config.infer.bg_power
 
   def one(i):
@@ -23,12 +24,12 @@ def _train_confusions(ctx, train, num_labels, with_masks=True):
       if key in seed:
         pred = infer.host_seed_labels(seed[key], seed['classes'], bg_power)
         out[f'{key}_seed'] = confusion.confusion_matrix(pred, gt, num_labels)
-    if with_masks:
-      path = products.mask_path(ctx, image_id)
+    for key, folder in mask_products:
+      path = products.mask_path(ctx, image_id, folder)
       if not os.path.exists(path):
-        raise FileNotFoundError(f'missing pseudo mask {path}: run the crf stage')
-      out['pseudo_mask'] = confusion.confusion_matrix(io_utils.load_mask_png(path), gt,
-                                                      num_labels)
+        raise FileNotFoundError(f'missing pseudo mask {path}: run the stage that makes {folder}/'
+                                ' (crf or random_walk)')
+      out[key] = confusion.confusion_matrix(io_utils.load_mask_png(path), gt, num_labels)
     return out
 
   return eval_lib.sum_confusions(one, range(len(train)), desc='evaluate train')
@@ -39,12 +40,12 @@ def run(ctx):
   results = {}
   train = ctx.data.split('train')
   if train.has_masks:
-    # Without a crf stage (the ablation runs none) only the seeds are scored.
-    with_masks = os.path.isdir(ctx.path('pseudo_masks'))
-    if not with_masks:
-      ctx.log('[evaluate] no pseudo_masks folder (the crf stage did not run): seeds only')
-    confs = _train_confusions(ctx, train, num_labels, with_masks)
-    keys = [f'{k}_seed' for k in products.SEED_KEYS] + ['pseudo_mask']
+    # Every kind of pseudo mask that was made (the ablation makes none: seeds only).
+    masks = [p for p in products.PSEUDO_MASKS.values() if os.path.isdir(ctx.path(p[1]))]
+    if not masks:
+      ctx.log('[evaluate] no pseudo masks (neither crf nor random_walk ran): seeds only')
+    confs = _train_confusions(ctx, train, num_labels, masks)
+    keys = [f'{k}_seed' for k in products.SEED_KEYS] + [key for key, _ in masks]
     results = {key: {**confusion.scores(confs[key]), 'num_images': len(train)}
                for key in keys if key in confs}
   else:

@@ -1,7 +1,8 @@
 """Stage export: overlays of a sample of training images, the VOC test submission, masks in a
 chosen format.
 
-overlays/<id>.png: image | RecurSeed seed heat | pseudo mask | truth, for export.num_overlays
+overlays/<id>.png: image | RecurSeed seed heat | pseudo mask (config.pseudo.method's) | truth,
+for export.num_overlays
 evenly spaced training images. submission/results/VOC2012/Segmentation/comp6_test_cls/<id>.png
 and submission/results.tar.gz when the dataset has a test split (the multi-stage segmenter's
 predictions when the predict stage made them). export/<folder>/<id>.png for each folder of
@@ -23,6 +24,9 @@ def _overlays(ctx):
   n = len(train)
   k = min(ctx.config.export.num_overlays, n)
   sample = sorted(set(np.linspace(0, n - 1, k).round().astype(int).tolist())) if k else []
+  folder = products.pseudo_mask_folder(ctx.config)  # the pseudo masks the segmenter trains on
+  if not os.path.isdir(ctx.path(folder)):
+    folder = 'pseudo_masks'
 
   def panels():
     for i in sample:
@@ -30,7 +34,7 @@ def _overlays(ctx):
       image = train.image(i)
       rs = products.load_seed(ctx, image_id)['rs']
       heat = infer.dequantize(rs).max(axis=-1) if rs.shape[-1] else np.zeros(image.shape[:2])
-      pred = io_utils.load_mask_png(products.mask_path(ctx, image_id))
+      pred = io_utils.load_mask_png(products.mask_path(ctx, image_id, folder))
       gt = train.mask(i) if train.has_masks else None
       yield image_id, export_lib.overlay_panel(image, heat, pred, gt)
 

@@ -7,6 +7,10 @@
   `rs_cam` (the CAM head of the same network) and, with train.cam_baseline, `cam` (the plain-CAM
   baseline). np.savez_compressed; read with allow_pickle=False.
 - `pseudo_masks/<id>.png`: the CRF of the `rs` seed (palette PNG).
+- `ir_labels/<id>.png`: relation labels of the `rs` seed (0 background, c + 1, 255 unknown).
+- `boundary/`: the boundary network's checkpoints and metrics.
+- `pseudo_masks_rw/<id>.png`, `pseudo_masks_rw_crf/<id>.png`: the random walk's pseudo masks,
+  and DenseCRF of its scores (config.pseudo.method picks which train_seg trains on).
 - `predictions/<name>/<id>.png`: val / test label maps of each product (PREDICTIONS).
 - `stages/<name>.json`: a stage's completion marker; `summary.json`, `evaluation.md`.
 """
@@ -25,6 +29,10 @@ RUNS = (('train', 'weak', None), ('cam_baseline', 'cam', 'cam_baseline'),
 RUN_TITLES = dict(train='RecurSeed', cam_baseline='plain-CAM baseline',
                   upper_bound='upper bound')
 SEED_KEYS = ('cam', 'rs_cam', 'rs')
+# config.pseudo.method -> (summary key, folder) of the pseudo masks it makes.
+PSEUDO_MASKS = {'crf': ('pseudo_mask', 'pseudo_masks'),
+                'random_walk': ('pseudo_mask_rw', 'pseudo_masks_rw'),
+                'random_walk+crf': ('pseudo_mask_rw_crf', 'pseudo_masks_rw_crf')}
 
 # (summary key, predictions/<folder>) scored on val; all but 'val' only when the folder exists.
 VAL_PREDICTIONS = (('val', 'val'), ('multistage_val_nocrf', 'seg_val_nocrf'),
@@ -32,6 +40,8 @@ VAL_PREDICTIONS = (('val', 'val'), ('multistage_val_nocrf', 'seg_val_nocrf'),
 TABLE_TITLES = dict(
     cam_seed='CAM seed, plain-CAM baseline (train)', rs_cam_seed='CAM seed, RecurSeed (train)',
     rs_seed='RecurSeed seed (train)', pseudo_mask='pseudo masks after CRF (train)',
+    pseudo_mask_rw='pseudo masks, random walk (train)',
+    pseudo_mask_rw_crf='pseudo masks, random walk + CRF (train)',
     val='segmentation head (val)', multistage_val_nocrf='multi-stage segmenter, no CRF (val)',
     multistage_val='multi-stage segmenter + CRF (val)',
     upper_bound_val='fully supervised upper bound (val)')
@@ -46,13 +56,20 @@ def seed_path(ctx, image_id):
   return ctx.path('seeds', 'train', f'{image_id}.npz')
 
 
-def mask_path(ctx, image_id):
-  return ctx.path('pseudo_masks', f'{image_id}.png')
+def mask_path(ctx, image_id, folder='pseudo_masks'):
+  return ctx.path(folder, f'{image_id}.png')
 
 
-def missing_masks(ctx, split):
-  """Indices of the training images without a pseudo mask yet."""
-  return [i for i, image_id in enumerate(split.ids) if not os.path.exists(mask_path(ctx, image_id))]
+def pseudo_mask_folder(config):
+  """The folder of the pseudo masks config.pseudo.method makes (what train_seg trains on)."""
+  return PSEUDO_MASKS[config.pseudo.method][1]
+
+
+def missing_masks(ctx, split, *folders):
+  """Indices of the training images without a PNG in every folder (default pseudo_masks/)."""
+  folders = folders or ('pseudo_masks',)
+  return [i for i, image_id in enumerate(split.ids)
+          if not all(os.path.exists(mask_path(ctx, image_id, f)) for f in folders)]
 
 
 def load_seed(ctx, image_id):

@@ -1,4 +1,5 @@
-"""Stage train_seg: the multi-stage segmenter (a DeepLabNet, config.seg) on the pseudo masks.
+"""Stage train_seg: the multi-stage segmenter (a DeepLabNet, config.seg) on the pseudo masks of
+config.pseudo.method (pseudo_masks/, pseudo_masks_rw/ or pseudo_masks_rw_crf/).
 
 Cross-entropy with 255 ignored, in the same loop as RecurSeed (checkpoints, resume, jit / pmap,
 the non-finite guard), in <workdir>/segmenter.
@@ -8,11 +9,12 @@ import jax
 
 from recurseed_jax import config_lib
 from recurseed_jax import train as train_lib
+from recurseed_jax.stages import products
 
 
 def run(ctx):
   cfg = config_lib.segmenter_config(ctx.config)
-  mask_dir = ctx.path('pseudo_masks')
+  mask_dir = ctx.path(products.pseudo_mask_folder(ctx.config))
 
   def batches(start_step):
     return ctx.data.train_batches(start_step, process_index=jax.process_index(),
