@@ -12,6 +12,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from recurseed_jax import config_lib
 from recurseed_jax import models
 from recurseed_jax.models import DeepLabNet
 from recurseed_jax.models import RecurSeedNet
@@ -296,11 +297,11 @@ def test_build_model_from_config():
   assert model.output_stride == config.model.output_stride
   assert model.low_level_channels == config.model.low_level_channels
   assert model.decoder_dropout == tuple(config.model.decoder_dropout)
-  # A hand-made ConfigDict holding lists works too.
-  cfg = ml_collections.ConfigDict(dict(
+  # A hand-made ConfigDict holding lists works too, once completed from the defaults.
+  cfg = config_lib.complete(ml_collections.ConfigDict(dict(
       stage_sizes=[1, 1, 1, 1], width=8, output_stride=16, aspp_channels=16,
       aspp_rates=[1, 2, 3], low_level_channels=8, decoder_channels=16, aspp_dropout=0.5,
-      decoder_dropout=[0.5, 0.1]))
+      decoder_dropout=[0.5, 0.1])), config_lib.defaults().model)
   model = models.build_model(cfg, NUM_CLASSES, dtype=jnp.bfloat16, bn_axis_name='batch')
   assert model.bn_axis_name == 'batch' and model.dtype == jnp.bfloat16
   out, _ = _shapes(model.clone(bn_axis_name=None))

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from configs import default
+from recurseed_jax import config_lib
 from recurseed_jax import convert_weights
 from recurseed_jax import models
 from recurseed_jax.models import weights
@@ -321,6 +322,8 @@ def test_build_deeplab_from_config():
   legacy = ml_collections.ConfigDict({k: v for k, v in config.model.items()
                                       if k not in ('dilation_scheme', 'segmenter_head',
                                                    'v2_rates', 'init_strict')})
+  # A config written before these fields existed gets their defaults when it is completed.
+  legacy = config_lib.complete(legacy, config_lib.defaults().model)
   assert models.build_model(legacy, C).dilation_scheme == 'uniform'
   config.model.dilation_scheme = 'authors'
   assert models.build_model(config.model, C).dilation_scheme == 'authors'

@@ -3,9 +3,9 @@
 A stage is a module of this package with `run(ctx) -> dict`; STAGES lists them in pipeline
 order (a new stage is one file plus its name here). Each finished stage writes
 `<workdir>/stages/<name>.json` (atomically) with its seconds and the dict it returned; a rerun
-skips marked stages and an interrupted one resumes from what it wrote. A stage may finish a later
-stage's work on the way (the seeds stage feeds the CRF when both run): it returns
-`also_completes=[names]` and those are marked with it.
+skips marked stages and an interrupted one resumes from what it wrote. A stage may do a later
+stage's work on the way when both run (the seeds stage feeds its seeds to the CRF pool): its
+module lists those in ALSO_RUNS, and they are marked done with it.
 """
 
 import importlib
@@ -55,10 +55,14 @@ def run_stages(ctx, names):
     if name not in todo:
       ctx.log(f'[{name}] done already, skipping (delete {marker_path(ctx, name)} to redo)')
       continue
-    ctx.log(f'[{name}] running')
+    module = stage_module(name)
+    also = [n for n in getattr(module, 'ALSO_RUNS', ()) if n in todo]
+    if also:
+      ctx.log(f'[{"+".join([name] + also)}] running ({name} streams into {", ".join(also)})')
+    else:
+      ctx.log(f'[{name}] running')
     t0 = time.time()
-    result = dict(stage_module(name).run(ctx) or {})
-    also = list(result.pop('also_completes', ()))
+    result = dict(module.run(ctx) or {})
     seconds = round(time.time() - t0, 2)
     extra = dict(overlapped='+'.join([name] + also)) if also else {}
     for n in [name] + also:

@@ -93,6 +93,9 @@ def _stream(ctx, with_crf):
         yield crf_stage.seed_item(cfg, image_id, train.image(i), seed['rs'], seed['classes'])
 
 
+ALSO_RUNS = ('crf',)  # when the crf stage runs too, the seeds stream into its pool (runner.py)
+
+
 def run(ctx):
   if 'crf' not in ctx.todo:
     for _ in _stream(ctx, with_crf=False):
@@ -101,5 +104,4 @@ def run(ctx):
   total = len(products.missing_masks(ctx, ctx.data.split('train')))
   stats = crf_lib.run_crf(_stream(ctx, with_crf=True), ctx.path('pseudo_masks'),
                           **crf_stage.pool_kwargs(ctx.config, total))
-  # The crf stage's work is done: the runner marks it with this one.
-  return dict(also_completes=['crf'], crf_written=stats['written'])
+  return dict(crf_written=stats['written'])
