@@ -39,7 +39,7 @@ def rs50(name, num_classes, num_train, epochs, mix_after_epochs):
   m.aspp_rates = (6, 12, 18)
   m.low_level_channels = 48          # 256 to load the authors' released RecurSeed network
   m.decoder_channels = 256
-  m.init = 'imagenet:pretrained/resnet50.pth'  # a torchvision resnet50 state_dict (docs/weights.md)
+  m.init = 'imagenet:pretrained/resnet50.pth'  # torchvision resnet50 (docs/weights.md)
 
   o = c.optim                        # section 4: SGD Nesterov, poly 0.9, 10x lr on new heads
   o.lr = 0.1
@@ -108,7 +108,7 @@ def multistage(c, head, num_train, epochs=None, steps=None):
   """
   c.stages = 'train_rs,seeds,crf,train_seg,predict,evaluate,export'
   s = c.seg
-  s.init = 'imagenet:pretrained/resnet101.pth'  # a torchvision resnet101 state_dict (docs/weights.md)
+  s.init = 'imagenet:pretrained/resnet101.pth'  # torchvision resnet101 (docs/weights.md)
   m = s.model
   m.stage_sizes = (3, 4, 23, 3)      # ResNet-101 (METHOD.md section 1, multi-stage)
   m.segmenter_head = head

@@ -24,7 +24,7 @@ def get_config():
   # --- data -------------------------------------------------------------------------------------
   c.data = ml_collections.ConfigDict()
   c.data.name = 'synthetic'         # 'synthetic' | 'voc12' | 'coco14' (configs/voc12_rs50.py, ...)
-  c.data.root = ''                  # voc12 / coco14: the dataset folder, any layout of docs/datasets.md
+  c.data.root = ''                  # voc12 / coco14: the dataset folder (docs/datasets.md)
   c.data.source = 'files'           # 'files': read the folders | 'tfds': TFRecords built once
   c.data.tfds_dir = ''              # '' -> <cache_dir>/tfds ; where the TFDS builders write
   c.data.cache_dir = ''             # '' -> <workdir>/data ; generated once, reused on rerun
