@@ -1,6 +1,6 @@
 """RecurSeed + CertainMix, single-stage ResNet-50, on COCO 2014 (80 classes).
 
-Command (COCO in either layout of README, "Datasets"; as distributed, the semantic masks are
+Command (COCO in either layout of docs/datasets.md; as distributed, the semantic masks are
 rasterised once on first use, or beforehand with `python -m data_pipeline.coco_prepare`):
 
     python launch.py --config configs/coco14_rs50.py --workdir runs/coco14_rs50 \

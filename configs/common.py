@@ -22,7 +22,7 @@ def rs50(name, num_classes, num_train, epochs, mix_after_epochs):
 
   d = c.data
   d.name = name
-  d.root = ''                        # required: --config.data.root=/path (README, "Datasets")
+  d.root = ''                        # required: --config.data.root=/path (docs/datasets.md)
   d.source = 'files'                 # 'tfds' builds TFRecords once into data.tfds_dir
   d.num_classes = num_classes
   d.crop_size = 512                  # random crop, padded with 0 (image) / 255 (mask)
@@ -39,7 +39,7 @@ def rs50(name, num_classes, num_train, epochs, mix_after_epochs):
   m.aspp_rates = (6, 12, 18)
   m.low_level_channels = 48          # 256 to load the authors' released RecurSeed network
   m.decoder_channels = 256
-  m.init = 'imagenet:pretrained/resnet50.pth'  # a torchvision resnet50 state_dict (README)
+  m.init = 'imagenet:pretrained/resnet50.pth'  # torchvision resnet50 (docs/weights.md)
 
   o = c.optim                        # section 4: SGD Nesterov, poly 0.9, 10x lr on new heads
   o.lr = 0.1
@@ -112,7 +112,7 @@ def multistage(c, head, num_train, epochs=None, steps=None):
   c.pseudo.method = 'random_walk'
   random_walk(c, num_train)
   s = c.seg
-  s.init = 'imagenet:pretrained/resnet101.pth'  # a torchvision resnet101 state_dict (README)
+  s.init = 'imagenet:pretrained/resnet101.pth'  # torchvision resnet101 (docs/weights.md)
   m = s.model
   m.stage_sizes = (3, 4, 23, 3)      # ResNet-101 (METHOD.md section 1, multi-stage)
   m.segmenter_head = head

@@ -5,7 +5,7 @@ Command:
 
 Expected (2 CPU cores, about 8 minutes), summary.json mIoU: plain-CAM baseline seed 40.7,
 RecurSeed network's CAM seed 58.7, RecurSeed seed 58.7, pseudo masks after CRF 75.0, segmentation
-head on val 58.2, fully supervised upper bound on val 86.3 (README, "Quick start").
+head on val 58.2, fully supervised upper bound on val 86.3 (README, "Quick start"; docs/results.md).
 
 Every knob of METHOD.md sections 2-5 is a field here; real configs (VOC, COCO) change the data,
 model size and schedule, not the field names.
@@ -24,7 +24,7 @@ def get_config():
   # --- data -------------------------------------------------------------------------------------
   c.data = ml_collections.ConfigDict()
   c.data.name = 'synthetic'         # 'synthetic' | 'voc12' | 'coco14' (configs/voc12_rs50.py, ...)
-  c.data.root = ''                  # voc12 / coco14: the dataset folder, any layout of README
+  c.data.root = ''                  # voc12 / coco14: the dataset folder (docs/datasets.md)
   c.data.source = 'files'           # 'files': read the folders | 'tfds': TFRecords built once
   c.data.tfds_dir = ''              # '' -> <cache_dir>/tfds ; where the TFDS builders write
   c.data.cache_dir = ''             # '' -> <workdir>/data ; generated once, reused on rerun
@@ -67,7 +67,7 @@ def get_config():
   # 'scratch' | 'imagenet:<path>' (torchvision resnet50/101 -> backbone) | 'rsepm:<path>' (the
   # authors' RS+EPM net -> whole RecurSeedNet) | 'deeplab:<path>' (their DeepLabv3+/v2 ->
   # DeepLabNet); <path>: .pth (needs torch), .npz of the same keys, or a folder from
-  # `python -m recurseed_jax.convert_weights` (README, "Pretrained weights").
+  # `python -m recurseed_jax.convert_weights` (docs/weights.md).
   c.model.init = 'scratch'
   c.model.init_strict = True          # False: class-dependent layers of another shape keep init
   c.model.network = 'recurseed'       # 'recurseed' (train_rs); the segmenter's is 'deeplab' (c.seg)
@@ -139,7 +139,7 @@ def get_config():
   c.train.async_checkpoints = True   # Orbax writes in the background while training goes on
   c.train.tensorboard = True         # TensorBoard event files beside metrics.jsonl
 
-  # --- devices (README, "Multi-device and multi-host training") ---------------------------------
+  # --- devices (docs/multi_device.md) ---------------------------------------------------------
   c.parallel = ml_collections.ConfigDict()
   c.parallel.mode = 'jit'            # 'jit' (NamedSharding over all devices) | 'pmap'
 
@@ -179,7 +179,7 @@ def get_config():
   c.crf.workers = 2                  # CRF processes (one per free core); 0 = inline
   c.crf.queue_size = 8               # seeds waiting for the CRF pool (bounds host memory)
 
-  # --- multi-stage segmenter: stages train_seg, predict (recurseed_jax/multistage.py) ----------
+  # --- multi-stage segmenter: stages train_seg, predict (config_lib.segmenter_config) ---------
   # A DeepLabNet trained on the pseudo masks (cross-entropy, 255 ignored), then predicting val /
   # test with scales + flip, classes kept at max probability >= 0.05, and the same CRF (METHOD.md
   # section 5). Each subsection lists the fields of that section that differ for the segmenter;

@@ -7,7 +7,7 @@ Writes runs/ablation/ablation.md (the table) and runs/ablation/ablation_seed_mio
 training seed's mIoU over the steps, one line per variant); each variant's own run (summary.json,
 metrics.jsonl, seeds) is in runs/ablation/<variant>/. Every variant is the demo
 (configs/default.py) with the overrides listed here, through train_rs, seeds and evaluate (no CRF:
-the table compares seeds and the segmentation head). Expected figures: README, "Results".
+the table compares seeds and the segmentation head). Expected figures: docs/results.md.
 """
 
 import ml_collections

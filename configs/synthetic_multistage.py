@@ -7,7 +7,7 @@ The single-stage demo (configs/default.py) and then its multi-stage step: a Deep
 trained from scratch on the CRF pseudo masks (stage train_seg), predicting val with scales + flip,
 classes kept at max probability >= 0.05, and the CRF (stage predict). summary.json adds
 multistage_val_nocrf_miou and multistage_val_miou beside the single-stage val_miou.
-Expected: README, "Results".
+Expected: docs/results.md.
 """
 
 from configs import default

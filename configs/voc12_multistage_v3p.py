@@ -12,7 +12,7 @@ test submission (export) uses the segmenter's test predictions.
 
 Expected (not yet reproduced with this code, no GPU run here): the paper's multi-stage
 DeepLabv3+ ResNet-101 reaches 72.4 mIoU on VOC val (RS+CM, v1) and 74.4 / 73.6 val / test
-(RS+EPM); DeepLabv2 is the older peers' segmenter (README, "Results").
+(RS+EPM); DeepLabv2 is the older peers' segmenter (docs/results.md).
 """
 
 from configs import common

@@ -1,6 +1,6 @@
 """RecurSeed + CertainMix, single-stage ResNet-50, on PASCAL VOC 2012 + SBD (train_aug).
 
-Command (the dataset in either layout of README, "Datasets"; ImageNet weights of torchvision):
+Command (the dataset in either layout of docs/datasets.md; ImageNet weights of torchvision):
 
     python launch.py --config configs/voc12_rs50.py --workdir runs/voc12_rs50 \
         --config.data.root=/data/VOC2012 --config.model.init=imagenet:/weights/resnet50.pth
@@ -22,6 +22,6 @@ def get_config():
   # 20 epochs on train_aug; CertainMix after 5 of them (METHOD.md sections 3, 4).
   c = common.rs50('voc12', num_classes=20, num_train=NUM_TRAIN, epochs=20, mix_after_epochs=5)
   # VOC images are at most 500 px a side: three buckets hold landscape, portrait and square ones
-  # with little padding (README, "Buckets"); one compile each.
+  # with little padding (docs/inference.md, "Buckets"); one compile each.
   c.infer.buckets = ((384, 512), (512, 384), (512, 512))
   return c

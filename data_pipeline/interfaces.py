@@ -1,6 +1,6 @@
 """The two shapes the stages see of a dataset, as typing.Protocols: a split and a provider.
 
-The stages (recurseed_jax/stages.py) take any provider of this shape and never import a reader,
+The stages (recurseed_jax/stages/) take any provider of this shape and never import a reader,
 so this module imports neither tensorflow nor one of them. Splits: data_pipeline/splits.py's
 ArraySplit and FileSplit, data_pipeline/records.py's RecordSplit; providers: data_pipeline/
 providers.py's SyntheticData, FileData and RecordData. Both Protocols are runtime_checkable:

@@ -1,4 +1,4 @@
-"""Tests for recurseed_jax.validate (config checks) and stages.parse_stages."""
+"""Tests for config validation (recurseed_jax/config_lib.py) and stages.parse_stages."""
 
 import re
 
