@@ -184,7 +184,8 @@ def _run(config, names, workdir):
   try:
     if 'ablation' in config:  # configs/synthetic_ablation.py: every variant, then the table
       from recurseed_jax import ablation
-      print(ablation.run(config, workdir, data, names, command=' '.join(sys.argv)))
+      own = None if FLAGS.stages is None else names  # each variant's config.stages
+      print(ablation.run(config, workdir, data, own, command=' '.join(sys.argv)))
       print(f'ablation: {os.path.join(workdir, "ablation.md")}, '
             f'{os.path.join(workdir, "ablation_seed_miou.png")}')
       return

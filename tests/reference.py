@@ -6,6 +6,9 @@ import numpy as np
 
 from configs import default
 
+# XLA compile options for full-size networks: ~2x faster compiles, the same numbers.
+FAST_COMPILE = {'xla_backend_optimization_level': 0, 'xla_llvm_disable_expensive_passes': True}
+
 
 def np_resize(x, size):
   """Bilinear, align_corners=False, no antialias (torch F.interpolate). x [B,H,W,C]."""

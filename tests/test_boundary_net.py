@@ -15,23 +15,14 @@ import pytest
 
 torch = pytest.importorskip('torch')
 
-# pylint: disable=g-import-not-at-top,wrong-import-position
 from recurseed_jax.models import boundary_net
 from recurseed_jax.models import weights
+import reference
 import torch_reference as tr
 
-# pylint: enable=g-import-not-at-top,wrong-import-position
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 LAYERS, WIDTH = (1, 2, 1, 1), 16
-FAST_COMPILE = {'xla_backend_optimization_level': 0, 'xla_llvm_disable_expensive_passes': True}
-
-
-@pytest.fixture(autouse=True, scope='module')
-def _one_torch_thread():
-  threads = torch.get_num_threads()
-  torch.set_num_threads(1)
-  yield
-  torch.set_num_threads(threads)
 
 
 @functools.lru_cache(maxsize=None)
@@ -81,7 +72,8 @@ def test_logits_match_the_authors_layout(size):
   x = np.random.RandomState(sum(size)).randn(2, 3, *size).astype(np.float32)
   with torch.no_grad():
     ref = _twin()(torch.from_numpy(x))[:, 0].numpy()
-  fn = jax.jit(_model().apply).lower(_variables(), x.transpose(0, 2, 3, 1)).compile(FAST_COMPILE)
+  fn = jax.jit(_model().apply).lower(_variables(), x.transpose(0, 2, 3, 1)).compile(
+      reference.FAST_COMPILE)
   ours = fn(_variables(), x.transpose(0, 2, 3, 1))
   assert ours.shape == (2, (size[0] - 1) // 4 + 1, (size[1] - 1) // 4 + 1)
   _close(ours, ref, f'logits {size}')
@@ -108,7 +100,8 @@ def test_backbone_is_frozen():
   def loss(params):
     return jnp.mean(jax.nn.sigmoid(model.apply(dict(variables, params=params), x, train=True)))
 
-  grads = jax.jit(jax.grad(loss)).lower(variables['params']).compile(FAST_COMPILE)(
+  grads = jax.jit(jax.grad(loss)).lower(variables['params']).compile(
+      reference.FAST_COMPILE)(
       variables['params'])
   backbone = jax.tree.leaves(grads['backbone'])
   assert backbone and all(float(jnp.max(jnp.abs(g))) == 0.0 for g in backbone)

@@ -23,7 +23,7 @@ def test_array_and_file_splits_are_splits():
 
 def test_record_split_is_a_split():
   pytest.importorskip('tensorflow')
-  from data_pipeline import records  # pylint: disable=g-import-not-at-top
+  from data_pipeline import records
   index = dict(ids=np.array(['a']), labels=np.zeros((1, 3), np.uint8), files=np.zeros(1),
                offsets=np.zeros(1), lengths=np.zeros(1), heights=np.ones(1), widths=np.ones(1))
   assert isinstance(records.RecordSplit(['x.tfrecord'], index, 3), interfaces.Split)
@@ -36,7 +36,7 @@ def _parameters(fn):
 
 def test_provider_methods_have_the_protocols_signatures():
   pytest.importorskip('tensorflow')
-  from data_pipeline import providers  # pylint: disable=g-import-not-at-top
+  from data_pipeline import providers
   for cls in (providers.SyntheticData, providers.FileData, providers.RecordData):
     for name in ('split', 'train_batches'):
       assert _parameters(getattr(cls, name)) == _parameters(getattr(interfaces.Provider, name)), (
@@ -45,8 +45,8 @@ def test_provider_methods_have_the_protocols_signatures():
 
 def test_synthetic_provider_is_a_provider(tmp_path):
   pytest.importorskip('tensorflow')
-  from configs import default  # pylint: disable=g-import-not-at-top
-  from data_pipeline import providers  # pylint: disable=g-import-not-at-top
+  from configs import default
+  from data_pipeline import providers
   cfg = default.get_config()
   cfg.data.num_train, cfg.data.num_val, cfg.data.image_size = 4, 2, 16
   cfg.data.cache_dir = str(tmp_path)

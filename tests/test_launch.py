@@ -17,11 +17,16 @@ TINY = ['--config.data.num_train=32', '--config.data.num_val=8', '--config.data.
         '--config.rs.cam_only_steps=1', '--config.mix.start_step=2', '--config.model.width=8',
         '--config.infer.scales=(1.0,0.5)', '--config.infer.batch_size=8', '--config.crf.workers=0',
         '--config.crf.iterations=2', '--config.export.num_overlays=2']
-# The whole paper (configs/synthetic_multistage.py), the baseline twin on as in the demo.
+# The whole paper (configs/synthetic_multistage.py) with both kinds of pseudo masks (DenseCRF and
+# the random walk, the segmenter trained on the walk's + CRF), the baseline twin on as in the demo.
 MULTI = [f'--config={os.path.join(ROOT, "configs", "synthetic_multistage.py")}', *TINY,
          '--config.train.cam_baseline=True', '--config.seg.train.steps=4',
          '--config.seg.train.checkpoint_every=2', '--config.seg.train.batch_size=4',
-         '--config.seg.train.log_every=2', '--config.seg.data.crop_size=32']
+         '--config.seg.train.log_every=2', '--config.seg.data.crop_size=32',
+         f'--config.stages={",".join(stages.STAGES)}', '--config.pseudo.method=random_walk+crf',
+         '--config.boundary.train.steps=4', '--config.boundary.train.batch_size=4',
+         '--config.boundary.train.checkpoint_every=2', '--config.boundary.train.log_every=2',
+         '--config.boundary.data.crop_size=32', '--config.boundary.radius=3']
 
 
 def _launch(*args, cwd=ROOT):
@@ -43,12 +48,14 @@ def test_end_to_end_multistage_resume_and_rerun_skips(tmp_path):
   with open(os.path.join(wd, 'summary.json')) as f:
     summary = json.load(f)
   for key in ('cam_seed_miou', 'rs_cam_seed_miou', 'rs_seed_miou', 'pseudo_mask_miou',
-              'val_miou', 'multistage_val_nocrf_miou', 'multistage_val_miou',
-              'upper_bound_val_miou'):
+              'pseudo_mask_rw_miou', 'pseudo_mask_rw_crf_miou', 'val_miou',
+              'multistage_val_nocrf_miou', 'multistage_val_miou', 'upper_bound_val_miou'):
     assert 0.0 <= summary[key] <= 1.0, (key, summary[key])
-  assert set(summary['seconds']) == {'train_rs', 'seeds', 'crf', 'train_seg', 'predict',
-                                     'evaluate', 'export'}
-  assert os.path.isdir(os.path.join(wd, 'segmenter', 'checkpoints', '4'))
+  assert set(summary['seconds']) == set(stages.STAGES)
+  for run in ('segmenter', 'boundary'):
+    assert os.path.isdir(os.path.join(wd, run, 'checkpoints', '4'))
+  for folder in ('ir_labels', 'pseudo_masks_rw', 'pseudo_masks_rw_crf'):
+    assert len(_pngs(os.path.join(wd, folder))) == 32, folder
   seeds = os.path.join(wd, 'seeds', 'train')
   masks = os.path.join(wd, 'pseudo_masks')
   assert len(os.listdir(seeds)) == 32 and len(_pngs(masks)) == 32
@@ -75,7 +82,8 @@ def test_end_to_end_multistage_resume_and_rerun_skips(tmp_path):
             for p in (os.path.join(d, n) for n in os.listdir(d))}
   r2 = _launch(f'--workdir={wd}', *MULTI)
   assert r2.returncode == 0, r2.stderr[-3000:]
-  for stage in ('train_rs', 'train_seg', 'predict', 'evaluate', 'export'):
+  for stage in ('train_rs', 'ir_labels', 'train_boundary', 'random_walk', 'train_seg', 'predict',
+                'evaluate', 'export'):
     assert f'[{stage}] done already, skipping' in r2.stdout
   assert len(os.listdir(seeds)) == 32 and len(_pngs(masks)) == 32
   assert all(os.path.getmtime(p) == t for p, t in before.items())

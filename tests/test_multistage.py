@@ -22,6 +22,7 @@ from recurseed_jax import confusion
 from recurseed_jax import infer
 from recurseed_jax import io_utils
 from recurseed_jax import models
+from recurseed_jax import stages
 from recurseed_jax import train
 import reference
 
@@ -205,11 +206,46 @@ def test_ablation_table_and_plot(tmp_path):
   assert by_name['rs_certainmix/upper_bound']['val'] == 0.9
   assert curves['CAM only (plain-CAM baseline)'] == [(50, 0.2), (100, 0.35)]
   text = ablation.table(rows, 'python launch.py --config configs/synthetic_ablation.py')
-  assert '| RecurSeed, no mixing (`rs_nomix`) | 25.0 | 50.0 | - | 50.0 | 6 |' in text
-  assert '| fully supervised upper bound (`rs_certainmix/upper_bound`) | - | - | - | 90.0 | - |' \
-      in text
+  assert '| RecurSeed, no mixing (`rs_nomix`) | 25.0 | 50.0 | - | 50.0 | - | 6 |' in text
+  assert ('| fully supervised upper bound (`rs_certainmix/upper_bound`) | - | - | - | 90.0 | - '
+          '| - |') in text
   png = os.path.join(wd, 'plot.png')
   ablation.plot(curves, png)
   with open(png, 'rb') as f:
     assert f.read(8) == b'\x89PNG\r\n\x1a\n'
   assert os.listdir(wd).count('plot.png') == 1 and not [n for n in os.listdir(wd) if 'tmp' in n]
+
+
+def test_ablation_rows_read_the_variants_pseudo_masks(tmp_path):
+  """A multi-stage row reports the pseudo masks of its own config.pseudo.method and the
+  segmenter trained on them."""
+  cfg = synthetic_ablation.get_config()
+  variants = [v for v in config_lib.ablation_variants(cfg) if v[0].startswith('ms_')]
+  wd = str(tmp_path)
+  for name, _, vcfg in variants:
+    _fake_variant(wd, name, dict(pseudo_mask_miou=0.7, pseudo_mask_rw_miou=0.75,
+                                 pseudo_mask_rw_crf_miou=0.8, multistage_val_miou=0.6,
+                                 seconds=dict(train_seg=3)), {'train': [(50, 0.3)]})
+  rows, _ = ablation.collect(wd, variants)
+  by = {r['name']: r for r in rows}
+  assert (by['ms_crf']['pseudo'], by['ms_random_walk']['pseudo'],
+          by['ms_random_walk_crf']['pseudo']) == (0.7, 0.75, 0.8)
+  assert all(by[n]['multistage'] == 0.6 for n in by)
+  assert '| 80.0 | - | 60.0 | 3 |' in ablation.table(rows, 'cmd')
+
+
+def test_reused_stages_are_linked_not_rerun(tmp_path):
+  src = tmp_path / 'a'
+  (src / 'stages').mkdir(parents=True)
+  (src / 'pseudo_masks').mkdir()
+  (src / 'pseudo_masks' / 'x.png').write_bytes(b'png')
+  io_utils.save_json(str(src / 'stages' / 'crf.json'), dict(seconds=1.0))
+  ctx = stages.Context(config=None, workdir=str(tmp_path / 'b'), data=None, class_names=())
+  stages.link_stages(str(src), ctx, ['crf'])
+  linked = tmp_path / 'b' / 'pseudo_masks' / 'x.png'
+  assert linked.read_bytes() == b'png' and os.stat(linked).st_ino == os.stat(
+      src / 'pseudo_masks' / 'x.png').st_ino  # a hard link: no copy of the data
+  assert (tmp_path / 'b' / 'stages' / 'crf.json').exists()
+  stages.link_stages(str(src), ctx, ['crf'])  # again (a rerun after a kill): no error
+  with pytest.raises(FileNotFoundError, match="cannot reuse stage 'seeds'"):
+    stages.link_stages(str(src), ctx, ['seeds'])

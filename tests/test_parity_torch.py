@@ -25,6 +25,7 @@ torch = pytest.importorskip('torch')
 from recurseed_jax import models
 from recurseed_jax.models import weights
 from recurseed_jax.models.norm import BatchNorm
+import reference
 import torch_reference as tr
 
 pytestmark = pytest.mark.usefixtures('one_torch_thread')
@@ -102,14 +103,12 @@ def _rates(output_stride):
   return (6, 12, 18) if output_stride == 16 else (12, 24, 36)
 
 
-# Full-size networks compile ~2x faster with XLA's backend optimisations off; runs stay short.
-FAST_COMPILE = {'xla_backend_optimization_level': 0, 'xla_llvm_disable_expensive_passes': True}
 
 
 def _run(model, variables, x, train=False):
   x = jnp.asarray(x.transpose(0, 2, 3, 1))
   fn = functools.partial(model.apply, train=train, mutable=['batch_stats'] if train else False)
-  return jax.jit(fn).lower(variables, x).compile(FAST_COMPILE)(variables, x)
+  return jax.jit(fn).lower(variables, x).compile(reference.FAST_COMPILE)(variables, x)
 
 
 # ResNet-101 at OS16 runs in the DeepLab tests below (with the authors' dilations).

@@ -6,11 +6,8 @@ import pytest
 
 dcrf = pytest.importorskip('pydensecrf.densecrf')
 
-# pylint: disable=g-import-not-at-top,wrong-import-position
 from recurseed_jax import relation_labels
 from recurseed_jax.method import affinity
-
-# pylint: enable=g-import-not-at-top,wrong-import-position
 
 
 def _irn_label_crf(image, hard, n_labels, gt_prob=0.7, iterations=10):

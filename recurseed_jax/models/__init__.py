@@ -21,8 +21,8 @@ from recurseed_jax.models.weights import apply_init
 
 __all__ = [
     'ASPP', 'Bottleneck', 'BoundaryNet', 'DeepLabNet', 'DeepLabV2Head', 'DeepLabV3PlusHead',
-    'RecurSeedNet', 'ResNet', 'apply_init', 'build_boundary', 'build_deeplab', 'build_model', 'builder',
-    'decay_mask', 'param_groups',
+    'RecurSeedNet', 'ResNet', 'apply_init', 'build_boundary', 'build_deeplab', 'build_model',
+    'builder', 'decay_mask', 'param_groups',
     'COMPUTE_DTYPES', 'NETWORKS', 'SEGMENTER_HEADS',
 ]
 

@@ -20,8 +20,9 @@ from recurseed_jax.stages.runner import ALIASES
 from recurseed_jax.stages.runner import STAGES
 from recurseed_jax.stages.runner import finalize_summary
 from recurseed_jax.stages.runner import format_summary
+from recurseed_jax.stages.runner import link_stages
 from recurseed_jax.stages.runner import parse_stages
 from recurseed_jax.stages.runner import run_stages
 
-__all__ = ['ALIASES', 'Context', 'STAGES', 'finalize_summary', 'format_summary', 'parse_stages',
-           'run_stages']
+__all__ = ['ALIASES', 'Context', 'STAGES', 'finalize_summary', 'format_summary', 'link_stages',
+           'parse_stages', 'run_stages']

@@ -10,6 +10,8 @@ from recurseed_jax import crf as crf_lib
 from recurseed_jax import infer
 from recurseed_jax.stages import products
 
+OUTPUTS = ('pseudo_masks',)
+
 
 def crf_image(config, image):
   """The image the CRF's bilateral kernel sees (config.crf.image)."""

@@ -9,6 +9,8 @@ from recurseed_jax import infer
 from recurseed_jax import io_utils
 from recurseed_jax.stages import products
 
+OUTPUTS = ('summary.json', 'evaluation.md')
+
 
 def _train_confusions(ctx, train, num_labels, mask_products):
   """Confusion matrices of every seed kind and of the pseudo masks `mask_products` ([(summary

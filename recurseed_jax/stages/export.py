@@ -18,6 +18,8 @@ from recurseed_jax import infer
 from recurseed_jax import io_utils
 from recurseed_jax.stages import products
 
+OUTPUTS = ('overlays', 'submission', 'export')
+
 
 def _overlays(ctx):
   train = ctx.data.split('train')

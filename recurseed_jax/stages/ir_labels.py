@@ -15,6 +15,9 @@ from recurseed_jax.stages import products
 FOLDER = 'ir_labels'
 
 
+OUTPUTS = (FOLDER,)
+
+
 def run(ctx):
   cfg = ctx.config
   train = ctx.data.split('train')

@@ -15,6 +15,8 @@ from recurseed_jax.stages import crf as crf_stage
 from recurseed_jax.stages import products
 from recurseed_jax.stages import seeds as seeds_stage
 
+OUTPUTS = tuple(f'predictions/seg_{s}{x}' for s in ('val', 'test') for x in ('', '_nocrf'))
+
 
 def _todo(split, *dirs):
   return [i for i, image_id in enumerate(split.ids)

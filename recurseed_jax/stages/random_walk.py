@@ -26,6 +26,9 @@ from recurseed_jax.stages import products
 RW, RW_CRF = products.PSEUDO_MASKS['random_walk'][1], products.PSEUDO_MASKS['random_walk+crf'][1]
 
 
+OUTPUTS = (RW, RW_CRF)
+
+
 def pad_size(config, split, indices):
   """The square the images are padded to: config.random_walk.size or the largest side, to 16."""
   if config.random_walk.size:

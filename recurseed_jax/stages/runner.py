@@ -5,12 +5,15 @@ order (a new stage is one file plus its name here). Each finished stage writes
 `<workdir>/stages/<name>.json` (atomically) with its seconds and the dict it returned; a rerun
 skips marked stages and an interrupted one resumes from what it wrote. A stage may do a later
 stage's work on the way when both run (the seeds stage feeds its seeds to the CRF pool): its
-module lists those in ALSO_RUNS, and they are marked done with it.
+module lists those in ALSO_RUNS, and they are marked done with it. Each module also lists in
+OUTPUTS the workdir paths it writes, so that another workdir can reuse a finished stage
+(`link_stages`, the ablation's shared RecurSeed run).
 """
 
 import importlib
 import json
 import os
+import shutil
 import time
 
 import jax
@@ -72,6 +75,33 @@ def run_stages(ctx, names):
                                                    **(result if n == name else {})))
       done.add(n)
   return finalize_summary(ctx)
+
+
+def _link(src, dst):
+  """Hard link src to dst unless dst exists (a rerun after a kill links what is missing)."""
+  if not os.path.exists(dst):
+    os.link(src, dst)
+
+
+def link_stages(src_workdir, ctx, names):
+  """Reuses the finished stages `names` of another workdir: their OUTPUTS hard-linked (no copy
+  of the data), then their markers. A stage not finished there is an error naming it."""
+  os.makedirs(ctx.path('stages'), exist_ok=True)
+  for name in names:
+    marker = os.path.join(src_workdir, 'stages', f'{name}.json')
+    if not os.path.exists(marker):
+      raise FileNotFoundError(f'cannot reuse stage {name!r}: {marker} is missing (that run has '
+                              'not finished it)')
+    for rel in stage_module(name).OUTPUTS:
+      src, dst = os.path.join(src_workdir, rel), ctx.path(rel)
+      if os.path.isdir(src):
+        shutil.copytree(src, dst, copy_function=_link, dirs_exist_ok=True)
+      elif os.path.exists(src):
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        _link(src, dst)
+    if not os.path.exists(marker_path(ctx, name)):  # last: a killed link is redone
+      with open(marker, 'rb') as f:
+        io_utils.atomic_write_bytes(marker_path(ctx, name), f.read())
 
 
 def finalize_summary(ctx):

@@ -20,6 +20,8 @@ from recurseed_jax import train as train_lib
 from recurseed_jax.stages import crf as crf_stage
 from recurseed_jax.stages import products
 
+OUTPUTS = ('seeds', 'predictions/val', 'predictions/val_upper_bound', 'predictions/test')
+
 
 def engine(ctx, segmenter=False):
   """The inference engine over the networks trained in this workdir."""

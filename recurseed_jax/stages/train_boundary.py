@@ -12,6 +12,8 @@ from recurseed_jax import config_lib
 from recurseed_jax import train as train_lib
 from recurseed_jax.stages import ir_labels
 
+OUTPUTS = (config_lib.BOUNDARY_SUBFOLDER,)
+
 
 def _recurseed_backbone(ctx):
   """init_fn: the trained RecurSeed network's backbone weights and statistics in place."""

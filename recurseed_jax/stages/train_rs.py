@@ -6,6 +6,8 @@ import jax
 from recurseed_jax import train as train_lib
 from recurseed_jax.stages import products
 
+OUTPUTS = ('train', 'cam_baseline', 'upper_bound')
+
 
 def run(ctx):
   def batches(start_step):  # this process's slice of every global batch (multi-host)

@@ -11,6 +11,8 @@ from recurseed_jax import config_lib
 from recurseed_jax import train as train_lib
 from recurseed_jax.stages import products
 
+OUTPUTS = (config_lib.SEGMENTER_SUBFOLDER,)
+
 
 def run(ctx):
   cfg = config_lib.segmenter_config(ctx.config)
