@@ -10,6 +10,7 @@ One run per workdir: a second launch on a workdir that a live run holds stops at
 
 import contextlib
 import os
+import socket
 import sys
 
 from absl import app
@@ -77,6 +78,9 @@ flags.DEFINE_string('workdir', 'runs/default', 'where every stage writes (resuma
 flags.DEFINE_string('stages', None, 'comma-separated stages to run (default: config.stages)')
 flags.DEFINE_bool('distributed', None, 'call jax.distributed.initialize() (multi-host); default: '
                   'when JAX_COORDINATOR_ADDRESS is set or SLURM / Open MPI runs several tasks')
+flags.DEFINE_enum('local_devices', 'auto', ['auto', 'one', 'all'],
+                  'multi-host GPUs per process: one (a task per GPU), all (a task per node), auto '
+                  '(all under SLURM with --ntasks-per-node=1, else one)')
 FLAGS = flags.FLAGS
 
 
@@ -92,7 +96,7 @@ def _parse_flags(argv):
 def _check_workdir(workdir):
   try:
     os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f'.write-test-{os.getpid()}')
+    probe = os.path.join(workdir, f'.write-test-{socket.gethostname()}-{os.getpid()}')
     with open(probe, 'w') as f:
       f.write('ok')
     os.remove(probe)
@@ -117,7 +121,9 @@ def main(argv):
   except ValueError as e:
     _fail(str(e))
   from recurseed_jax import parallel
-  parallel.initialize_distributed(FLAGS.distributed)  # before anything touches the devices
+  # Before anything touches the devices.
+  parallel.initialize_distributed(FLAGS.distributed, FLAGS.local_devices,
+                                  config.parallel.heartbeat_timeout_s)
   try:
     parallel.check_batch_size(config.train.batch_size, parallel.make_mesh())
     if 'train_seg' in names:  # the segmenter's own batch, before RecurSeed trains for days
@@ -136,12 +142,34 @@ def main(argv):
             'an equal share of a batch)')
   workdir = FLAGS.workdir
   _check_workdir(workdir)
+  _print_layout(config)
   with _lock_workdir(workdir):
     _run(config, names, workdir)
 
 
+def _print_layout(config):
+  """On process 0, before any compute: processes, devices per process, the global mesh."""
+  import jax
+
+  from recurseed_jax import parallel
+  if jax.process_index() != 0:
+    return
+  per = {}
+  for d in jax.devices():
+    per.setdefault(d.process_index, []).append(d.id)
+  mesh = parallel.make_mesh()
+  print(f'[devices] {jax.process_count()} process(es), {jax.local_device_count()} local '
+        f'{jax.devices()[0].platform} device(s) on this one; devices per process: '
+        + ', '.join(f'{p}: {ids}' for p, ids in sorted(per.items()))
+        + f'; global mesh {dict(mesh.shape)} ({config.parallel.mode})', flush=True)
+
+
 def _lock_workdir(workdir):
-  """The workdir's lock (process 0 only, see workdir_lock.py); stale temp files removed."""
+  """The workdir's lock (process 0 only, see workdir_lock.py); stale temp files removed.
+
+  Process 0 sweeps before any other process writes: they wait at a barrier in `_run` until it
+  has locked, swept, written config.json and prepared the data.
+  """
   import jax
 
   from recurseed_jax import io_utils
@@ -167,20 +195,40 @@ def _lock_workdir(workdir):
 
 def _run(config, names, workdir):
   """Data, then the stages; input and checkpoint problems end in a one-line error."""
-  from recurseed_jax import checkpoint as ckpt_lib
-  from recurseed_jax import io_utils
-  from recurseed_jax import stages as stages_lib
-  io_utils.atomic_write_bytes(os.path.join(workdir, 'config.json'),
-                              config.to_json_best_effort(indent=2).encode())
   from data_pipeline import providers
   from data_pipeline import splits
+  from recurseed_jax import checkpoint as ckpt_lib
+  from recurseed_jax import io_utils
+  from recurseed_jax import processes
+  from recurseed_jax import stages as stages_lib
+  timeout = config.parallel.barrier_timeout_s
+
+  def build_data():
+    try:
+      return providers.build(config, workdir)
+    except (ValueError, FileNotFoundError) as e:
+      _fail(str(e))
+
   try:
-    data = providers.build(config, workdir)
-  except (ValueError, FileNotFoundError) as e:
+    # One writer: process 0 writes the config and makes the data's caches first (the synthetic
+    # set, label caches); the others then read them.
+    if processes.is_lead():
+      io_utils.atomic_write_bytes(os.path.join(workdir, 'config.json'),
+                                  config.to_json_best_effort(indent=2).encode())
+      data = build_data()
+      processes.barrier('launch/ready', timeout)
+    else:
+      processes.barrier('launch/ready', timeout)
+      data = build_data()
+  except processes.PeerError as e:
     _fail(str(e))
+  log = print if processes.is_lead() else (lambda *a, **k: None)
   ctx = stages_lib.Context(config=config, workdir=workdir, data=data,
-                           class_names=tuple(data.class_names))
+                           class_names=tuple(data.class_names), log=log)
+  import jax
+
   from recurseed_jax import train as train_lib
+  watchdog = processes.Watchdog(config.parallel.peer_timeout_s)
   try:
     if 'ablation' in config:  # configs/synthetic_ablation.py: every variant, then the table
       from recurseed_jax import ablation
@@ -189,7 +237,15 @@ def _run(config, names, workdir):
       print(f'ablation: {os.path.join(workdir, "ablation.md")}, '
             f'{os.path.join(workdir, "ablation_seed_miou.png")}')
       return
-    summary = stages_lib.run_stages(ctx, names)
+    with watchdog:
+      try:
+        summary = stages_lib.run_stages(ctx, names)
+      except jax.errors.JaxRuntimeError as e:
+        if processes.count() == 1:
+          raise
+        watchdog.collective_failed(e)  # names the lost process and ends this one
+  except processes.PeerError as e:
+    _fail(str(e))
   except train_lib.Interrupted as e:  # SIGTERM / SIGINT: saved; the same command resumes
     print(str(e), file=sys.stderr)
     sys.exit(128 + e.signum)
@@ -198,6 +254,10 @@ def _run(config, names, workdir):
     sys.exit(1)
   except (splits.BadFileError, ckpt_lib.CheckpointMismatchError, FileNotFoundError) as e:
     _fail(str(e))  # a file found bad mid-run (each message names it); the rest is kept
+  except OSError as e:  # a full disk, a read-only folder: the file is named, nothing half-written
+    from recurseed_jax import cli
+    _fail(f'{cli.describe(e)}; free space (or fix the folder) and rerun the same command to '
+          'resume')
   if summary:
     print(stages_lib.format_summary(summary))
     print(f'summary: {os.path.join(workdir, "summary.json")}')

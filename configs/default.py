@@ -142,6 +142,12 @@ def get_config():
   # --- devices (docs/multi_device.md) ---------------------------------------------------------
   c.parallel = ml_collections.ConfigDict()
   c.parallel.mode = 'jit'            # 'jit' (NamedSharding over all devices) | 'pmap'
+  # Multi-host (docs/multi_device.md): a process that stops sending heartbeats for this long is
+  # taken as lost and every other process stops too (rerun to resume); a barrier (every process
+  # at the end of a stage) waits at most barrier_timeout_s for the slowest process's share.
+  c.parallel.peer_timeout_s = 60.0
+  c.parallel.barrier_timeout_s = 86400.0
+  c.parallel.heartbeat_timeout_s = 100.0  # jax.distributed's own (it aborts a process later)
 
   # --- inference to seeds (METHOD.md section 5) -------------------------------------------------
   c.infer = ml_collections.ConfigDict()

@@ -276,6 +276,9 @@ def _validate_training(config):
     raise ConfigError('config.train.steps=0 means "no training, infer from config.model.init", '
                       'but config.model.init is scratch: set it to rsepm:<path> (or train)')
   _choice(config.parallel.mode, 'parallel.mode', parallel.MODES)
+  for key in ('peer_timeout_s', 'barrier_timeout_s', 'heartbeat_timeout_s'):
+    if not config.parallel[key] > 0:
+      raise ConfigError(f'config.parallel.{key}={config.parallel[key]} must be positive (seconds)')
   _choice(t.dtype, 'train.dtype', tuple(models.COMPUTE_DTYPES))
   if not 0.0 <= t.ema_decay < 1.0:
     raise ConfigError(f'config.train.ema_decay={t.ema_decay} must lie in [0, 1) (0 = no EMA)')

@@ -161,12 +161,17 @@ def run_crf(items, out_dir, *, params, workers=2, queue_size=8, desc='crf', tota
   bar = tqdm.tqdm(total=total, desc=desc, unit='img', dynamic_ncols=True)
   feed = io_utils.background_iter(items, queue_size)
 
+  def failed(image_id, exc):
+    if isinstance(exc, OSError):  # a full disk: an OSError naming the file (launch: one line)
+      return OSError(exc.errno, exc.strerror or str(exc), exc.filename)
+    return RuntimeError(f'CRF failed for image {image_id!r}: {exc!r}')
+
   def collect(done):
     for fut in done:
       image_id = pending.pop(fut)
       exc = fut.exception()
       if exc is not None:
-        raise RuntimeError(f'CRF failed for image {image_id!r}: {exc!r}') from exc
+        raise failed(image_id, exc) from exc
       counts['written'] += 1
       bar.update(1)
 
@@ -181,7 +186,7 @@ def run_crf(items, out_dir, *, params, workers=2, queue_size=8, desc='crf', tota
         try:
           _crf_job(path, image, probs, labels, params, label_fn)
         except Exception as exc:
-          raise RuntimeError(f'CRF failed for image {image_id!r}: {exc!r}') from exc
+          raise failed(image_id, exc) from exc
         counts['written'] += 1
         bar.update(1)
         continue

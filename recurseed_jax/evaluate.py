@@ -83,8 +83,9 @@ def _png_ids(folder):
                 if n.endswith('.png') and not io_utils.is_temp_name(n))
 
 
-def evaluate_split(pred_dir, split, num_labels, ids=None, ignore=255, workers=None):
-  """Scores `<pred_dir>/<id>.png` against the split's masks (every image, or the given ids)."""
+def split_confusion(pred_dir, split, num_labels, ids=None, ignore=255, workers=None):
+  """The confusion matrix of `<pred_dir>/<id>.png` against the split's masks (every image, or
+  the given ids)."""
   if not split.has_masks:
     raise ValueError(f'this split has no masks to score {pred_dir} against')
   index = {image_id: i for i, image_id in enumerate(split.ids)}
@@ -95,8 +96,13 @@ def evaluate_split(pred_dir, split, num_labels, ids=None, ignore=255, workers=No
     pred_path = os.path.join(pred_dir, f'{image_id}.png')
     return {'conf': _pair_confusion(pred_path, gt, f'mask of {image_id!r}', num_labels, ignore)}
 
-  conf = sum_confusions(one, ids, workers).get('conf', np.zeros((num_labels,) * 2, np.int64))
-  return {**confusion.scores(conf), 'num_images': len(ids)}
+  return sum_confusions(one, ids, workers).get('conf', np.zeros((num_labels,) * 2, np.int64))
+
+
+def evaluate_split(pred_dir, split, num_labels, ids=None, ignore=255, workers=None):
+  """Scores `<pred_dir>/<id>.png` against the split's masks (every image, or the given ids)."""
+  conf = split_confusion(pred_dir, split, num_labels, ids, ignore, workers)
+  return {**confusion.scores(conf), 'num_images': len(split.ids if ids is None else ids)}
 
 
 def evaluate_dirs(pred_dir, gt_dir, num_labels=None, ids=None, ignore=255, workers=None):

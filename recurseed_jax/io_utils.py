@@ -46,7 +46,8 @@ def remove_temp_files(folder):
 
 @contextlib.contextmanager
 def atomic_path(path):
-  """Yields a temp path next to `path`; renamed onto `path` on success, removed on error.
+  """Yields a temp path next to `path`; renamed onto `path` on success, removed on error (an
+  OSError while writing, such as a full disk, is raised again naming `path`).
 
   The temp file sits in the same folder so `os.replace` is a same-filesystem atomic rename.
   """
@@ -55,6 +56,12 @@ def atomic_path(path):
   try:
     yield tmp
     os.replace(tmp, path)
+  except OSError as e:  # e.g. ENOSPC: no half file, and the message names the file, not its temp
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(tmp)
+    if e.filename in (None, tmp):
+      raise OSError(e.errno, e.strerror or str(e), path) from e
+    raise
   except BaseException:
     with contextlib.suppress(FileNotFoundError):
       os.remove(tmp)

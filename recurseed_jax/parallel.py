@@ -33,12 +33,50 @@ AXIS = 'data'
 MODES = ('jit', 'pmap')
 
 
-def initialize_distributed(enable=None):
+LOCAL_DEVICES = ('auto', 'one', 'all')  # launch.py --local_devices
+
+
+def _gpus_on_this_node(env):
+  """This node's GPU ids, from CUDA_VISIBLE_DEVICES, SLURM's count or nvidia-smi; [] if none."""
+  visible = env.get('CUDA_VISIBLE_DEVICES', '').strip()
+  if visible:
+    return list(range(len([v for v in visible.split(',') if v.strip()])))
+  count = env.get('SLURM_GPUS_ON_NODE', '').strip()
+  if count.isdigit():
+    return list(range(int(count)))
+  try:
+    import subprocess
+    out = subprocess.run(['nvidia-smi', '-L'], capture_output=True, text=True, timeout=30)
+  except (OSError, subprocess.SubprocessError):
+    return []
+  return list(range(sum(line.startswith('GPU ') for line in out.stdout.splitlines())))
+
+
+def local_device_ids(mode='auto', env=None):
+  """The GPUs this process drives: None (JAX's default) or a list for jax.distributed.
+
+  'one': one GPU per process (JAX's default under SLURM / Open MPI: the process's local rank).
+  'all': every GPU of the node (one process per node). 'auto': 'all' when SLURM runs one task
+  per node (--ntasks-per-node=1), else 'one'. Under SLURM JAX would otherwise give a lone task
+  per node GPU 0 only.
+  """
+  env = os.environ if env is None else env
+  if mode not in LOCAL_DEVICES:
+    raise ValueError(f'--local_devices={mode!r} is not one of: {", ".join(LOCAL_DEVICES)}')
+  if mode == 'auto':
+    per_node = env.get('SLURM_NTASKS_PER_NODE', '').split('(')[0]
+    mode = 'all' if 'SLURM_JOB_ID' in env and per_node == '1' else 'one'
+  if mode == 'one':
+    return None
+  return _gpus_on_this_node(env) or None  # no GPU (CPU): nothing to restrict
+
+
+def initialize_distributed(enable=None, local_devices='auto', heartbeat_timeout_s=100):
   """Calls jax.distributed.initialize() when this process is one of several; returns whether.
 
   enable=None decides from the environment: JAX_COORDINATOR_ADDRESS is set (with JAX_NUM_PROCESSES
   and JAX_PROCESS_ID, or a cluster JAX detects), or a SLURM / Open MPI job runs more than one
-  task. Call it before anything touches the devices.
+  task. local_devices: see local_device_ids. Call it before anything touches the devices.
   """
   env = os.environ
   if enable is None:
@@ -50,6 +88,11 @@ def initialize_distributed(enable=None):
   if env.get('JAX_NUM_PROCESSES') and env.get('JAX_PROCESS_ID'):
     kwargs = dict(num_processes=int(env['JAX_NUM_PROCESSES']),
                   process_id=int(env['JAX_PROCESS_ID']))
+  ids = local_device_ids(local_devices, env)
+  if ids is not None:
+    kwargs['local_device_ids'] = ids
+  if heartbeat_timeout_s != 100:
+    kwargs['heartbeat_timeout_seconds'] = int(heartbeat_timeout_s)
   jax.distributed.initialize(**kwargs)
   return True
 

@@ -147,6 +147,22 @@ def test_initialize_distributed_only_when_asked(monkeypatch):
   assert calls == [dict(num_processes=2, process_id=1)]
 
 
+def test_local_devices_for_both_slurm_layouts():
+  # One task per GPU (JAX's default): nothing passed, JAX gives each task its local rank's GPU.
+  per_gpu = dict(SLURM_JOB_ID='7', SLURM_NTASKS_PER_NODE='4', CUDA_VISIBLE_DEVICES='0,1,2,3')
+  assert parallel.local_device_ids('auto', per_gpu) is None
+  # One task per node: every GPU of the node, or JAX would give the task GPU 0 alone.
+  per_node = dict(SLURM_JOB_ID='7', SLURM_NTASKS_PER_NODE='1', CUDA_VISIBLE_DEVICES='0,1,2,3')
+  assert parallel.local_device_ids('auto', per_node) == [0, 1, 2, 3]
+  assert parallel.local_device_ids('auto', dict(per_node, SLURM_NTASKS_PER_NODE='1(x2)',
+                                                CUDA_VISIBLE_DEVICES='',
+                                                SLURM_GPUS_ON_NODE='8')) == list(range(8))
+  assert parallel.local_device_ids('one', per_node) is None
+  assert parallel.local_device_ids('all', per_gpu) == [0, 1, 2, 3]
+  with pytest.raises(ValueError, match='--local_devices'):
+    parallel.local_device_ids('some', per_gpu)
+
+
 # --- loss parts: shards add up to the full-batch loss (what pmap relies on) ---------------------
 
 

@@ -46,8 +46,9 @@ def test_crop_stride_message_names_both_keys():
 
 
 def test_parse_stages():
-  assert stages.parse_stages('train_rs,seeds,crf,train_seg,predict,evaluate,export') == list(
-      stages.STAGES)
+  assert stages.parse_stages(','.join(stages.STAGES)) == list(stages.STAGES)
+  assert stages.parse_stages('train_rs,seeds,crf,train_seg,predict,evaluate,export') == [
+      'train_rs', 'seeds', 'crf', 'train_seg', 'predict', 'evaluate', 'export']
   assert stages.parse_stages(' crf , train ') == ['crf', 'train_rs']  # the old name: an alias
   assert stages.parse_stages('evaluate') == ['evaluate']
   with pytest.raises(ValueError, match="'bogus'") as info:

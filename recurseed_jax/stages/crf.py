@@ -8,6 +8,7 @@ import numpy as np
 
 from recurseed_jax import crf as crf_lib
 from recurseed_jax import infer
+from recurseed_jax import processes
 from recurseed_jax.stages import products
 
 OUTPUTS = ('pseudo_masks',)
@@ -38,12 +39,12 @@ def pool_kwargs(config, total, desc='crf'):
 def run(ctx):
   cfg = ctx.config
   train = ctx.data.split('train')
-  todo = products.missing_masks(ctx, train)
+  todo = products.missing_masks(ctx, train, indices=processes.share(len(train)))
 
   def items():
     for i in todo:
       seed = products.load_seed(ctx, train.ids[i])
       yield seed_item(cfg, train.ids[i], train.image(i), seed['rs'], seed['classes'])
 
-  stats = crf_lib.run_crf(items(), ctx.path('pseudo_masks'), **pool_kwargs(cfg, len(todo)))
-  return dict(images=len(todo), written=stats['written'])
+  crf_lib.run_crf(items(), ctx.path('pseudo_masks'), **pool_kwargs(cfg, len(todo)))
+  return dict(images=len(todo))

@@ -16,6 +16,7 @@ import numpy as np
 from recurseed_jax import export as export_lib
 from recurseed_jax import infer
 from recurseed_jax import io_utils
+from recurseed_jax import processes
 from recurseed_jax.stages import products
 
 OUTPUTS = ('overlays', 'submission', 'export')
@@ -45,6 +46,8 @@ def _overlays(ctx):
 
 
 def run(ctx):
+  if not processes.is_lead():  # one writer; every share is complete (the runner's barrier)
+    return {}
   cfg = ctx.config
   out = dict(overlays=_overlays(ctx))
   test, why = products.split_or_none(ctx, 'test')

@@ -9,6 +9,7 @@ CRF stage's bounded process pool; resumable per image, every PNG written atomica
 
 from recurseed_jax import crf as crf_lib
 from recurseed_jax import infer
+from recurseed_jax import processes
 from recurseed_jax import relation_labels
 from recurseed_jax.stages import products
 
@@ -21,7 +22,7 @@ OUTPUTS = (FOLDER,)
 def run(ctx):
   cfg = ctx.config
   train = ctx.data.split('train')
-  todo = products.missing_masks(ctx, train, FOLDER)
+  todo = products.missing_masks(ctx, train, FOLDER, indices=processes.share(len(train)))
 
   def items():
     for i in todo:
@@ -32,7 +33,7 @@ def run(ctx):
   params = dict(conf_fg=float(cfg.ir_labels.conf_fg), conf_bg=float(cfg.ir_labels.conf_bg),
                 **{k: float(v) for k, v in cfg.ir_labels.crf.items()})
   params['iterations'] = int(params['iterations'])
-  stats = crf_lib.run_crf(items(), ctx.path(FOLDER), params=params, workers=cfg.crf.workers,
+  crf_lib.run_crf(items(), ctx.path(FOLDER), params=params, workers=cfg.crf.workers,
                           queue_size=cfg.crf.queue_size, desc='relation labels', total=len(todo),
                           label_fn=relation_labels.relation_label_map)
-  return dict(images=len(todo), written=stats['written'])
+  return dict(images=len(todo))

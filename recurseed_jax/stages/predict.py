@@ -11,6 +11,7 @@ import os
 from recurseed_jax import config_lib
 from recurseed_jax import crf as crf_lib
 from recurseed_jax import io_utils
+from recurseed_jax import processes
 from recurseed_jax.stages import crf as crf_stage
 from recurseed_jax.stages import products
 from recurseed_jax.stages import seeds as seeds_stage
@@ -19,8 +20,9 @@ OUTPUTS = tuple(f'predictions/seg_{s}{x}' for s in ('val', 'test') for x in ('',
 
 
 def _todo(split, *dirs):
-  return [i for i, image_id in enumerate(split.ids)
-          if not all(os.path.exists(os.path.join(d, f'{image_id}.png')) for d in dirs)]
+  """This process's images (multi-host) without a PNG in every folder."""
+  return [i for i in processes.share(len(split))
+          if not all(os.path.exists(os.path.join(d, f'{split.ids[i]}.png')) for d in dirs)]
 
 
 def run(ctx):
@@ -54,4 +56,4 @@ def run(ctx):
 
     crf_lib.run_crf(items(), crf_dir,
                     **crf_stage.pool_kwargs(cfg, len(todo), f'crf {split_name}'))
-  return dict(images=images)
+  return dict(images=sum(images.values()), per_split=images)

@@ -65,11 +65,13 @@ def pseudo_mask_folder(config):
   return PSEUDO_MASKS[config.pseudo.method][1]
 
 
-def missing_masks(ctx, split, *folders):
-  """Indices of the training images without a PNG in every folder (default pseudo_masks/)."""
+def missing_masks(ctx, split, *folders, indices=None):
+  """Of `indices` (default: every image), those without a PNG in every folder (default
+  pseudo_masks/)."""
   folders = folders or ('pseudo_masks',)
-  return [i for i, image_id in enumerate(split.ids)
-          if not all(os.path.exists(mask_path(ctx, image_id, f)) for f in folders)]
+  indices = range(len(split)) if indices is None else indices
+  return [i for i in indices
+          if not all(os.path.exists(mask_path(ctx, split.ids[i], f)) for f in folders)]
 
 
 def load_seed(ctx, image_id):

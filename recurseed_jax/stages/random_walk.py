@@ -18,6 +18,7 @@ from recurseed_jax import crf as crf_lib
 from recurseed_jax import infer
 from recurseed_jax import io_utils
 from recurseed_jax import parallel
+from recurseed_jax import processes
 from recurseed_jax import train as train_lib
 from recurseed_jax import walk
 from recurseed_jax.stages import crf as crf_stage
@@ -58,7 +59,7 @@ def run(ctx):
   with_crf = cfg.pseudo.method == 'random_walk+crf'
   folders = [RW] + ([RW_CRF] if with_crf else [])
   train = ctx.data.split('train')
-  todo = products.missing_masks(ctx, train, *folders)
+  todo = products.missing_masks(ctx, train, *folders, indices=processes.share(len(train)))
   if not todo:
     return dict(images=0)
   for folder in folders:
@@ -79,8 +80,9 @@ def run(ctx):
     variables = parallel.replicate(variables, mesh)
     sharding = parallel.batch_sharding(mesh)
     put = lambda a: jax.device_put(a, sharding)
-  size = pad_size(cfg, train, todo)
-  num_kept = max(1, int((train.labels[todo] > 0).sum(axis=1).max()))
+  # From every image, not this share's: the same program whatever the split or the resume.
+  size = pad_size(cfg, train, range(len(train)))
+  num_kept = max(1, int((train.labels > 0).sum(axis=1).max()))
 
   def items():
     with products.Writer(cfg.infer.io_threads) as writer, tqdm(

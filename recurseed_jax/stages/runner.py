@@ -19,6 +19,7 @@ import time
 import jax
 
 from recurseed_jax import io_utils
+from recurseed_jax import processes
 from recurseed_jax.stages import products
 
 # The whole paper in pipeline order: RecurSeed training, its seeds, pseudo masks by DenseCRF or by
@@ -49,8 +50,15 @@ def marker_path(ctx, name):
 
 
 def run_stages(ctx, names):
-  """Runs the named stages of `ctx` in pipeline order, skipping those already marked done."""
-  os.makedirs(ctx.path('stages'), exist_ok=True)
+  """Runs the named stages of `ctx` in pipeline order, skipping those already marked done.
+
+  On every process of a multi-host run: each stage runs everywhere (each process does its share
+  of the images), then every process meets at a barrier, and process 0 alone writes the marker,
+  with the images each process handled (`images_per_process`, from a stage's `images`).
+  """
+  timeout = float(ctx.config.parallel.barrier_timeout_s)
+  if processes.is_lead():
+    os.makedirs(ctx.path('stages'), exist_ok=True)
   todo = [n for n in STAGES if n in names and not os.path.exists(marker_path(ctx, n))]
   ctx = ctx.replace(todo=frozenset(todo))
   done = set()
@@ -69,12 +77,20 @@ def run_stages(ctx, names):
     t0 = time.time()
     result = dict(module.run(ctx) or {})
     seconds = round(time.time() - t0, 2)
+    shares = processes.gather(f'stage/{name}/images', result.pop('images', None), timeout)
+    processes.barrier(f'stage/{name}/done', timeout)  # every share written before the marker
     extra = dict(overlapped='+'.join([name] + also)) if also else {}
-    for n in [name] + also:
-      io_utils.save_json(marker_path(ctx, n), dict(seconds=seconds, **extra,
-                                                   **(result if n == name else {})))
-      done.add(n)
-  return finalize_summary(ctx)
+    if processes.count() > 1 and any(v is not None for v in shares):
+      extra['images_per_process'] = shares
+    elif shares[0] is not None:
+      extra['images'] = shares[0]
+    if processes.is_lead():
+      for n in [name] + also:
+        io_utils.save_json(marker_path(ctx, n), dict(seconds=seconds, **extra,
+                                                     **(result if n == name else {})))
+    done.update([name] + also)
+  processes.barrier('stages/markers', timeout)  # the summary reads every marker
+  return finalize_summary(ctx) if processes.is_lead() else None
 
 
 def _link(src, dst):

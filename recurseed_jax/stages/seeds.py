@@ -16,6 +16,7 @@ import numpy as np
 from recurseed_jax import crf as crf_lib
 from recurseed_jax import infer
 from recurseed_jax import io_utils
+from recurseed_jax import processes
 from recurseed_jax import train as train_lib
 from recurseed_jax.stages import crf as crf_stage
 from recurseed_jax.stages import products
@@ -46,8 +47,8 @@ def _stream(ctx, with_crf):
   cfg = ctx.config
   train = ctx.data.split('train')
   os.makedirs(ctx.path('seeds', 'train'), exist_ok=True)
-  todo = [i for i, image_id in enumerate(train.ids)
-          if not os.path.exists(products.seed_path(ctx, image_id))]
+  mine = processes.share(len(train))  # this process's images (multi-host)
+  todo = [i for i in mine if not os.path.exists(products.seed_path(ctx, train.ids[i]))]
   eng = engine(ctx)
   encode = functools.partial(infer.encode_seed, dtype=cfg.infer.seed_dtype)
   with products.Writer(cfg.infer.io_threads) as writer:
@@ -55,7 +56,8 @@ def _stream(ctx, with_crf):
       names = {'rs': 'train'}
       if cfg.train.cam_baseline:
         names['cam'] = 'cam_baseline'
-      num_kept = max(1, int((train.labels[todo] > 0).sum(axis=1).max()))
+      # From every image: the same program whatever the split over processes or the resume.
+      num_kept = max(1, int((train.labels > 0).sum(axis=1).max()))
       for i, image, out in eng.run_split(names, train, todo, num_kept, 'seeds'):
         image_id = train.ids[i]
         rs = out['rs']
@@ -77,8 +79,8 @@ def _stream(ctx, with_crf):
       dirs = {key: ctx.path('predictions', key) for key in names}
       for d in dirs.values():
         os.makedirs(d, exist_ok=True)
-      todo_p = [i for i, image_id in enumerate(split.ids)
-                if not all(os.path.exists(os.path.join(d, f'{image_id}.png'))
+      todo_p = [i for i in processes.share(len(split))
+                if not all(os.path.exists(os.path.join(d, f'{split.ids[i]}.png'))
                            for d in dirs.values())]
       if not todo_p:
         continue
@@ -89,7 +91,8 @@ def _stream(ctx, with_crf):
             writer.submit(io_utils.save_palette_png, path, res['pred'])
   if with_crf:
     done = set(todo)
-    for i, image_id in enumerate(train.ids):
+    for i in mine:
+      image_id = train.ids[i]
       if i not in done and not os.path.exists(products.mask_path(ctx, image_id)):
         seed = products.load_seed(ctx, image_id)
         yield crf_stage.seed_item(cfg, image_id, train.image(i), seed['rs'], seed['classes'])
@@ -99,11 +102,14 @@ ALSO_RUNS = ('crf',)  # when the crf stage runs too, the seeds stream into its p
 
 
 def run(ctx):
+  train = ctx.data.split('train')
+  mine = processes.share(len(train))
+  images = sum(not os.path.exists(products.seed_path(ctx, train.ids[i])) for i in mine)
   if 'crf' not in ctx.todo:
     for _ in _stream(ctx, with_crf=False):
       pass
-    return {}
-  total = len(products.missing_masks(ctx, ctx.data.split('train')))
-  stats = crf_lib.run_crf(_stream(ctx, with_crf=True), ctx.path('pseudo_masks'),
+    return dict(images=images)
+  total = len(products.missing_masks(ctx, train, indices=mine))
+  crf_lib.run_crf(_stream(ctx, with_crf=True), ctx.path('pseudo_masks'),
                           **crf_stage.pool_kwargs(ctx.config, total))
-  return dict(crf_written=stats['written'])
+  return dict(images=images)

@@ -1,0 +1,222 @@
+"""Multi-host on one machine: 2 processes x 2 CPU devices (jax.distributed over localhost, gloo
+collectives), every wait bounded so that a hang fails instead of blocking CI.
+
+- a training step on 2 processes x 2 devices gives the 1-device step's losses and metrics to
+  1e-5 relative, per step, and its state as test_parallel.py requires of 4 devices;
+- the whole multi-stage pipeline (random walk included) on 2 processes: every stage runs on
+  both, images split over them, one writer per file, markers with images_per_process; from the
+  same trained networks, the seeds, pseudo masks, predictions and evaluation equal a 1-process
+  run's;
+- SIGKILL of one process mid-stage stops the other with a line naming it; the same command
+  then resumes and gives the same results.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+from PIL import Image
+import pytest
+from test_parallel import UPDATE_RTOL
+from test_parallel import _rel_norm
+
+from recurseed_jax import stages
+from test_launch import MULTI
+
+pytestmark = pytest.mark.slow
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+TIMEOUT = 900  # seconds any one multi-process launch may take on a busy 2-core machine
+
+
+def _port():
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def _env(i, n, port, devices=2):
+  return dict(os.environ, JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}', JAX_NUM_PROCESSES=str(n),
+              JAX_PROCESS_ID=str(i), JAX_CPU_COLLECTIVES_IMPLEMENTATION='gloo',
+              XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+              TF_CPP_MIN_LOG_LEVEL='2', JAX_DISABLE_MOST_OPTIMIZATIONS='true')
+
+
+def _start(args, n, log_dir, devices=2):
+  port = _port()
+  procs = []
+  for i in range(n):
+    log = open(os.path.join(log_dir, f'p{i}.log'), 'w')
+    procs.append((subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=log,
+                                   stderr=subprocess.STDOUT, env=_env(i, n, port, devices)),
+                  log))
+  return procs
+
+
+def _wait(procs, timeout=TIMEOUT):
+  """Return codes of every process; kills them all when one outlives the timeout."""
+  deadline = time.time() + timeout
+  codes = []
+  try:
+    for p, _ in procs:
+      codes.append(p.wait(timeout=max(1, deadline - time.time())))
+  except subprocess.TimeoutExpired:
+    for p, _ in procs:
+      p.kill()
+    pytest.fail(f'a multi-process run did not finish within {timeout} s')
+  finally:
+    for _, log in procs:
+      log.close()
+  return codes
+
+
+def _log(log_dir, i):
+  with open(os.path.join(log_dir, f'p{i}.log')) as f:
+    return f.read()
+
+
+def test_step_on_2_processes_matches_1_device(tmp_path):
+  procs = _start([os.path.join(HERE, 'multihost_step_script.py'), str(tmp_path)], 2, tmp_path)
+  codes = _wait(procs)
+  assert codes == [0, 0], _log(tmp_path, 0)[-3000:] + _log(tmp_path, 1)[-3000:]
+  with open(tmp_path / 'results.json') as f:
+    results = json.load(f)
+  arrays = dict(np.load(tmp_path / 'results.npz'))
+  for k, (m1, m2) in enumerate(zip(results['one'], results['jit'])):
+    assert {'mix_seg', 'seed_coverage', 'loss'} <= set(m1) and set(m1) == set(m2)
+    for key in m1:
+      np.testing.assert_allclose(m2[key], m1[key], rtol=1e-5, atol=1e-6,
+                                 err_msg=f'step {k + 1} {key}')
+  # The state as test_parallel.py compares devices: parameters relative to the step's update,
+  # optimiser state and statistics relative to their size (float32 sums in another order).
+  for step in range(1, len(results['one']) + 1):
+    prev = 'init/' if step == 1 else f"one/{step - 1}/['params']"
+    assert _rel_norm(arrays, f"one/{step}/['params']", f"jit/{step}/['params']",
+                     base=prev) < UPDATE_RTOL
+    for part in ("['opt_state']", "['batch_stats']"):
+      assert _rel_norm(arrays, f'one/{step}/{part}', f'jit/{step}/{part}') < UPDATE_RTOL
+
+
+# --- the pipeline ------------------------------------------------------------------------------
+def _launch_args(wd, *extra):
+  return [os.path.join(ROOT, 'launch.py'), f'--workdir={wd}', *MULTI, *extra]
+
+
+def _files(wd, folders):
+  out = {}
+  for folder in folders:
+    d = os.path.join(wd, folder)
+    for name in sorted(os.listdir(d)):
+      out[f'{folder}/{name}'] = os.path.join(d, name)
+  return out
+
+
+def _same_training(src, dst):
+  """dst reuses src's trained networks (their stages linked, as the ablation reuses a run)."""
+  ctx = stages.Context(config=None, workdir=dst, data=None, class_names=())
+  stages.link_stages(src, ctx, ['train_rs', 'train_boundary', 'train_seg'])
+
+
+PRODUCTS = ('seeds/train', 'pseudo_masks', 'ir_labels', 'pseudo_masks_rw', 'pseudo_masks_rw_crf',
+            'predictions/val', 'predictions/seg_val', 'predictions/seg_val_nocrf')
+
+
+def _pixels_differing(a, b):
+  if a.endswith('.npz'):
+    with np.load(a) as x, np.load(b) as y:
+      return {k: int((x[k] != y[k]).sum()) for k in x.files if k in ('classes', 'rs')}
+  return int((np.asarray(Image.open(a)) != np.asarray(Image.open(b))).sum())
+
+
+def test_pipeline_on_2_processes_equals_1_process(tmp_path):
+  two = str(tmp_path / 'two')
+  procs = _start(_launch_args(two), 2, str(tmp_path))
+  codes = _wait(procs)
+  assert codes == [0, 0], _log(tmp_path, 0)[-3000:] + _log(tmp_path, 1)[-3000:]
+  lead, other = _log(tmp_path, 0), _log(tmp_path, 1)
+  assert '[devices] 2 process(es), 2 local cpu device(s)' in lead and "{'data': 4}" in lead
+  assert '[train_rs] running' in lead and '[train_rs] running' not in other  # one log
+  expected = dict(seeds=32, crf=32, ir_labels=32, random_walk=32, predict=8, evaluate=40)
+  for name, total in expected.items():
+    with open(os.path.join(two, 'stages', f'{name}.json')) as f:
+      marker = json.load(f)
+    assert marker['images_per_process'] == [total // 2] * 2, (name, marker)
+  assert not [n for n in os.listdir(two) if '.tmp' in n]
+
+  # 1 process x 4 devices from the same trained networks: the same files.
+  one = str(tmp_path / 'one')
+  _same_training(two, one)
+  r = subprocess.run([sys.executable, *_launch_args(one)], cwd=ROOT, capture_output=True,
+                     text=True, timeout=TIMEOUT, env=dict(
+                         os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4',
+                         TF_CPP_MIN_LOG_LEVEL='2', JAX_DISABLE_MOST_OPTIMIZATIONS='true'))
+  assert r.returncode == 0, r.stderr[-3000:]
+  a, b = _files(two, PRODUCTS), _files(one, PRODUCTS)
+  assert set(a) == set(b) and len(a) == 5 * 32 + 3 * 8
+  different = {k: _pixels_differing(a[k], b[k]) for k in a
+               if open(a[k], 'rb').read() != open(b[k], 'rb').read()}
+  # Masks and predictions: byte-identical. Seed files: their RecurSeed seed and classes
+  # identical (the CAM channels may round differently in the last float16 bit: another batch
+  # composition per device).
+  assert all(v == {'classes': 0, 'rs': 0} for k, v in different.items() if k.endswith('.npz'))
+  assert not [k for k in different if k.endswith('.png')], different
+  with open(os.path.join(two, 'summary.json')) as f, open(os.path.join(one, 'summary.json')) as g:
+    s2, s1 = json.load(f), json.load(g)
+  assert {k: v for k, v in s2.items() if k.endswith('_miou')} == {
+      k: v for k, v in s1.items() if k.endswith('_miou')}
+
+
+def test_killed_process_stops_the_other_and_the_rerun_resumes(tmp_path):
+  wd = str(tmp_path / 'run')
+  args = _launch_args(wd, '--config.parallel.peer_timeout_s=10', '--config.train.steps=60',
+                      '--config.train.checkpoint_every=20', '--config.train.cam_baseline=False',
+                      '--config.train.upper_bound=False', '--stages=train_rs')
+  procs = _start(args, 2, str(tmp_path))
+  deadline = time.time() + TIMEOUT
+  ckpt = os.path.join(wd, 'train', 'checkpoints')
+  while time.time() < deadline and not (
+      os.path.isdir(ckpt) and any(d.isdigit() and int(d) >= 20 for d in os.listdir(ckpt))):
+    time.sleep(0.5)
+  procs[1][0].send_signal(signal.SIGKILL)
+  t0 = time.time()
+  codes = _wait(procs, timeout=240)
+  stopped_after = time.time() - t0
+  assert codes[1] == -signal.SIGKILL and codes[0] == 3, codes
+  lead = _log(tmp_path, 0)
+  assert 'process 1 of 2 sent no heartbeat' in lead, lead[-3000:]
+  assert stopped_after < 60, stopped_after  # peer_timeout 10 s, checked every 5 s
+  assert not os.path.exists(os.path.join(wd, 'stages', 'train_rs.json'))
+  # The same command resumes from the last checkpoint on both processes and finishes.
+  procs = _start(args, 2, str(tmp_path))
+  assert _wait(procs) == [0, 0], _log(tmp_path, 0)[-3000:]
+  assert os.path.isdir(os.path.join(ckpt, '60'))
+  with open(os.path.join(wd, 'train', 'metrics.jsonl')) as f:
+    steps = [json.loads(line)['step'] for line in f if line.strip()]
+  assert steps == sorted(set(steps)) and steps[-1] == 60  # no step logged twice: a resume
+
+
+def test_sigterm_on_one_process_saves_a_checkpoint_on_all(tmp_path):
+  """JAX's preemption service: SIGTERM on one host, every process stops at the same step,
+  saves it and exits asking for a rerun."""
+  wd = str(tmp_path / 'run')
+  args = _launch_args(wd, '--config.train.steps=400', '--config.train.checkpoint_every=200',
+                      '--config.train.cam_baseline=False', '--config.train.upper_bound=False',
+                      '--stages=train_rs')
+  procs = _start(args, 2, str(tmp_path))
+  deadline = time.time() + TIMEOUT
+  log = os.path.join(wd, 'train', 'metrics.jsonl')
+  while time.time() < deadline and not (os.path.exists(log) and os.path.getsize(log) > 0):
+    time.sleep(0.5)
+  procs[1][0].send_signal(signal.SIGTERM)
+  codes = _wait(procs, timeout=300)
+  assert codes == [128 + signal.SIGTERM] * 2, codes
+  steps = [int(d) for d in os.listdir(os.path.join(wd, 'train', 'checkpoints')) if d.isdigit()]
+  assert len(steps) == 1 and 0 < steps[0] < 400, steps
+  for i in (0, 1):
+    assert f'saved checkpoint {steps[0]}' in _log(tmp_path, i)
