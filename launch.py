@@ -124,6 +124,13 @@ def main(argv):
   # Before anything touches the devices.
   parallel.initialize_distributed(FLAGS.distributed, FLAGS.local_devices,
                                   config.parallel.heartbeat_timeout_s)
+  from recurseed_jax import compile_cache
+  try:
+    compile_cache.enable(config.compilation_cache)
+  except OSError as e:
+    folder = compile_cache.cache_folder(config.compilation_cache)
+    _fail(f'config.compilation_cache: cannot use {folder} ({e.strerror}); set '
+          '--config.compilation_cache=off or another folder')
   try:
     parallel.check_batch_size(config.train.batch_size, parallel.make_mesh())
     if 'train_seg' in names:  # the segmenter's own batch, before RecurSeed trains for days

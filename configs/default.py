@@ -20,6 +20,9 @@ def get_config():
   c.seed = 0
   # Which stages `launch.py` runs, in order. --stages=... overrides.
   c.stages = 'train_rs,seeds,crf,evaluate,export'
+  # JAX's persistent compilation cache (recurseed_jax/compile_cache.py): '' = the per-user cache
+  # folder (~/.cache/recurseed_jax/xla), 'off', or a folder. A rerun or resume compiles nothing.
+  c.compilation_cache = ''
 
   # --- data -------------------------------------------------------------------------------------
   c.data = ml_collections.ConfigDict()

@@ -207,6 +207,9 @@ def _at_least(config, key, low, note=''):
 def validate(config, _variant=False):
   """Raises ConfigError naming the first bad key (of the run, its segmenter, its ablation)."""
   _validate_method(config)
+  if not isinstance(config.compilation_cache, str):
+    raise ConfigError(f"config.compilation_cache={config.compilation_cache!r} must be a folder, '' "
+                      "(the per-user cache) or 'off'")
   _validate_model(config.model, 'model')
   _validate_training(config)
   _validate_data(config.data)
