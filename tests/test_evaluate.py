@@ -1,4 +1,4 @@
-"""Tests for recurseed_jax.evaluate."""
+"""Tests for recurseed_jax.scoring (folders and splits, tables) and the evaluate CLI."""
 
 import json
 import math
@@ -10,6 +10,7 @@ import pytest
 from recurseed_jax import confusion
 from recurseed_jax import evaluate
 from recurseed_jax import io_utils
+from recurseed_jax import scoring
 
 
 def _slow_confusion(pred, gt, n, ignore=255):
@@ -55,7 +56,7 @@ def test_scores_values():
   assert math.isnan(s['iou'][2])
   assert s['miou'] == pytest.approx((6 / 9 + 3 / 6) / 2)
   assert s['pixel_acc'] == pytest.approx(9 / 12)
-  table = evaluate.format_table(s, ['bg', 'a', 'b'])
+  table = scoring.format_table(s, ['bg', 'a', 'b'])
   assert '| a | 50.0 | 0.333 | 0.167 |' in table and '| b | - | - | - |' in table
   assert table.splitlines()[-1].startswith('| **mean** | **58.3**')
 
@@ -84,7 +85,7 @@ def test_evaluate_dirs_and_cli(tmp_path, capsys):
     io_utils.save_palette_png(gt_dir / f'im{i}.png', gt)
     io_utils.save_palette_png(pred_dir / f'im{i}.png', pred)
     total += _slow_confusion(pred, gt, 4)
-  s = evaluate.evaluate_dirs(str(pred_dir), str(gt_dir), 4)
+  s = scoring.evaluate_dirs(str(pred_dir), str(gt_dir), 4)
   assert s['num_images'] == 3
   assert s['miou'] == pytest.approx(confusion.scores(total)['miou'])
 
@@ -97,10 +98,10 @@ def test_evaluate_dirs_and_cli(tmp_path, capsys):
   # Size mismatch names both files; a missing prediction names the file.
   io_utils.save_palette_png(pred_dir / 'im1.png', np.zeros((5, 5), np.uint8))
   with pytest.raises(ValueError, match=r'im1\.png.*gt.*im1\.png'):
-    evaluate.evaluate_dirs(str(pred_dir), str(gt_dir), 4)
+    scoring.evaluate_dirs(str(pred_dir), str(gt_dir), 4)
   os.remove(pred_dir / 'im2.png')
   with pytest.raises(FileNotFoundError, match=r'im2\.png'):
-    evaluate.evaluate_dirs(str(pred_dir), str(gt_dir), 4, ids=['im0', 'im2'])
+    scoring.evaluate_dirs(str(pred_dir), str(gt_dir), 4, ids=['im0', 'im2'])
 
 
 def _slow_scores(pairs, n):
@@ -160,8 +161,8 @@ def test_evaluate_split_and_dirs_match_slow_reference(tmp_path):
   ref = _slow_scores(pairs, n)
   split = _MaskSplit([gt for _, gt in pairs])
   for workers in (1, 3):
-    results = [evaluate.evaluate_split(str(pred_dir), split, n, workers=workers),
-               evaluate.evaluate_dirs(str(pred_dir), str(gt_dir), n, workers=workers)]
+    results = [scoring.evaluate_split(str(pred_dir), split, n, workers=workers),
+               scoring.evaluate_dirs(str(pred_dir), str(gt_dir), n, workers=workers)]
     for s in results:
       assert s['num_images'] == 4
       for c in range(n):
@@ -169,10 +170,10 @@ def test_evaluate_split_and_dirs_match_slow_reference(tmp_path):
         np.testing.assert_allclose([s['iou'][c], s['fp'][c], s['fn'][c]], ref[c], rtol=1e-12)
       assert s['miou'] == pytest.approx(np.mean([r[0] for r in ref]))
   # Without a class count, the largest label seen decides it (the same mIoU).
-  auto = evaluate.evaluate_dirs(str(pred_dir), str(gt_dir))
+  auto = scoring.evaluate_dirs(str(pred_dir), str(gt_dir))
   assert auto['num_labels'] == n and auto['miou'] == pytest.approx(results[0]['miou'])
   with pytest.raises(FileNotFoundError, match=r'm9\.png'):
-    evaluate.evaluate_split(str(pred_dir), _MaskSplit([pairs[0][1]] * 10), n, ids=['m9'])
+    scoring.evaluate_split(str(pred_dir), _MaskSplit([pairs[0][1]] * 10), n, ids=['m9'])
 
 
 def test_cli_without_class_count_and_report(tmp_path, capsys):
@@ -188,6 +189,6 @@ def test_cli_without_class_count_and_report(tmp_path, capsys):
   assert '| aeroplane |' in printed and '21 labels' in printed  # VOC names for 21 labels
   saved = json.loads((tmp_path / 's.json').read_text())
   assert saved['num_labels'] == 21 and 0 < saved['miou'] < 1
-  md = evaluate.report({'val': confusion.scores(np.eye(3, dtype=np.int64))}, ['bg', 'a', 'b'],
+  md = scoring.report({'val': confusion.scores(np.eye(3, dtype=np.int64))}, ['bg', 'a', 'b'],
                        {'val': 'segmentation head (val)'})
   assert '| segmentation head (val) | 100.0 |' in md and '## segmentation head (val)' in md

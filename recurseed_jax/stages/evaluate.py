@@ -10,10 +10,10 @@ import os
 import numpy as np
 
 from recurseed_jax import confusion
-from recurseed_jax import evaluate as eval_lib
 from recurseed_jax import infer
 from recurseed_jax import io_utils
 from recurseed_jax import processes
+from recurseed_jax import scoring
 from recurseed_jax.stages import products
 
 OUTPUTS = ('summary.json', 'evaluation.md')
@@ -41,7 +41,7 @@ def _train_confusions(ctx, train, num_labels, mask_products, indices):
       out[key] = confusion.confusion_matrix(io_utils.load_mask_png(path), gt, num_labels)
     return out
 
-  return eval_lib.sum_confusions(one, indices, desc='evaluate train')
+  return scoring.sum_confusions(one, indices, desc='evaluate train')
 
 
 def _summed_over_processes(confs, keys, num_labels, timeout):
@@ -73,7 +73,7 @@ def run(ctx):
   for key, folder in products.VAL_PREDICTIONS:
     pred_dir = ctx.path('predictions', folder)
     if val.has_masks and (key == 'val' or os.path.isdir(pred_dir)):
-      confs[key] = eval_lib.split_confusion(pred_dir, val, num_labels, ids=mine)
+      confs[key] = scoring.split_confusion(pred_dir, val, num_labels, ids=mine)
       counts[key] = len(val)
   totals = _summed_over_processes(confs, list(counts), num_labels,
                                   ctx.config.parallel.barrier_timeout_s)
@@ -81,7 +81,7 @@ def run(ctx):
   if processes.is_lead():
     names = ['background'] + list(ctx.class_names)
     io_utils.atomic_write_bytes(ctx.path('evaluation.md'),
-                                eval_lib.report(results, names, products.TABLE_TITLES).encode())
+                                scoring.report(results, names, products.TABLE_TITLES).encode())
     io_utils.save_json(ctx.path('summary.json'),
                        {f'{k}_miou': float(v['miou']) for k, v in results.items()})
   return dict(images=len(processes.share(len(train))) + len(mine), products=sorted(results))
