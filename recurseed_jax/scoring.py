@@ -39,20 +39,24 @@ def format_table(scores_dict, class_names=None):
   return '\n'.join(lines)
 
 
-def sum_confusions(fn, items, workers=None, desc='evaluate'):
+def sum_confusions(fn, items, workers=None, desc='evaluate', per_image=None):
   """Sums the dicts {name: confusion matrix} that `fn(item)` returns, over a thread pool.
 
   PNG decoding and bincount release the GIL, so threads scale on the cores; results are summed
-  in item order, so the totals do not depend on the thread count.
+  in item order, so the totals do not depend on the thread count. `per_image`, a dict, is filled
+  with {name: {item: its own mIoU}} (NaN where it has no labelled pixel): what the report ranks
+  its gallery by.
   """
   items = list(items)
   workers = workers or min(8, os.cpu_count() or 1)
   totals = {}
   with cf.ThreadPoolExecutor(workers) as pool:
-    for out in tqdm.tqdm(pool.map(fn, items), total=len(items), desc=desc, unit='img',
-                         dynamic_ncols=True):
+    for item, out in zip(items, tqdm.tqdm(pool.map(fn, items), total=len(items), desc=desc,
+                                          unit='img', dynamic_ncols=True)):
       for key, conf in out.items():
         totals[key] = totals[key] + conf if key in totals else conf.copy()
+        if per_image is not None:
+          per_image.setdefault(key, {})[item] = confusion.scores(conf)['miou']
   return totals
 
 
@@ -74,9 +78,10 @@ def _png_ids(folder):
                 if n.endswith('.png') and not io_utils.is_temp_name(n))
 
 
-def split_confusion(pred_dir, split, num_labels, ids=None, ignore=255, workers=None):
+def split_confusion(pred_dir, split, num_labels, ids=None, ignore=255, workers=None,
+                    per_image=None):
   """The confusion matrix of `<pred_dir>/<id>.png` against the split's masks (every image, or
-  the given ids)."""
+  the given ids); per_image: sum_confusions', filled under 'conf' by image id."""
   if not split.has_masks:
     raise ValueError(f'this split has no masks to score {pred_dir} against')
   index = {image_id: i for i, image_id in enumerate(split.ids)}
@@ -87,7 +92,8 @@ def split_confusion(pred_dir, split, num_labels, ids=None, ignore=255, workers=N
     pred_path = os.path.join(pred_dir, f'{image_id}.png')
     return {'conf': _pair_confusion(pred_path, gt, f'mask of {image_id!r}', num_labels, ignore)}
 
-  return sum_confusions(one, ids, workers).get('conf', np.zeros((num_labels,) * 2, np.int64))
+  totals = sum_confusions(one, ids, workers, per_image=per_image)
+  return totals.get('conf', np.zeros((num_labels,) * 2, np.int64))
 
 
 def evaluate_split(pred_dir, split, num_labels, ids=None, ignore=255, workers=None):
@@ -96,11 +102,13 @@ def evaluate_split(pred_dir, split, num_labels, ids=None, ignore=255, workers=No
   return {**confusion.scores(conf), 'num_images': len(split.ids if ids is None else ids)}
 
 
-def evaluate_dirs(pred_dir, gt_dir, num_labels=None, ids=None, ignore=255, workers=None):
+def evaluate_dirs(pred_dir, gt_dir, num_labels=None, ids=None, ignore=255, workers=None,
+                  per_image=None):
   """Scores every `<gt_dir>/<id>.png` (or the given ids) against `<pred_dir>/<id>.png`.
 
   num_labels None: 1 + the largest label seen in either folder (classes absent from both have no
-  IoU and do not count in the mean, so this gives the mIoU a full class count would).
+  IoU and do not count in the mean, so this gives the mIoU a full class count would). per_image:
+  sum_confusions', filled under 'conf' by image id.
   """
   if ids is None:
     ids = _png_ids(gt_dir)
@@ -116,7 +124,7 @@ def evaluate_dirs(pred_dir, gt_dir, num_labels=None, ids=None, ignore=255, worke
     return {'conf': _pair_confusion(pred_path, io_utils.load_mask_png(gt_path), gt_path, n,
                                     ignore)}
 
-  conf = sum_confusions(one, ids, workers)['conf']
+  conf = sum_confusions(one, ids, workers, per_image=per_image)['conf']
   if num_labels is None:
     seen = np.flatnonzero(conf.sum(0) + conf.sum(1))
     num_labels = int(seen.max()) + 1 if seen.size else 1

@@ -192,3 +192,22 @@ def test_cli_without_class_count_and_report(tmp_path, capsys):
   md = scoring.report({'val': confusion.scores(np.eye(3, dtype=np.int64))}, ['bg', 'a', 'b'],
                        {'val': 'segmentation head (val)'})
   assert '| segmentation head (val) | 100.0 |' in md and '## segmentation head (val)' in md
+
+
+def test_per_image_scores_are_each_images_own():
+  rng = np.random.default_rng(4)
+  pairs = _random_pairs(rng, 5, count=5)
+  pairs[2] = (pairs[2][0], np.full_like(pairs[2][1], 255))  # no labelled pixel: NaN
+  confs = {i: confusion.confusion_matrix(p, g, 5) for i, (p, g) in enumerate(pairs)}
+  per_image = {}
+  totals = scoring.sum_confusions(lambda i: {'a': confs[i], 'b': confs[i][:2, :2]}, range(5),
+                                  workers=3, per_image=per_image)
+  np.testing.assert_array_equal(totals['a'], sum(confs.values()))
+  assert list(per_image['a']) == list(range(5))  # in item order, whatever the threads
+  for i, conf in confs.items():
+    want = confusion.scores(conf)['miou']
+    got = per_image['a'][i]
+    assert (math.isnan(got) and math.isnan(want)) or got == pytest.approx(want, abs=1e-12)
+    assert per_image['b'][i] == pytest.approx(confusion.scores(conf[:2, :2])['miou'],
+                                              nan_ok=True)
+  assert math.isnan(per_image['a'][2])
