@@ -5,12 +5,15 @@ import math
 import os
 
 import numpy as np
+from PIL import Image
 import pytest
 
+from recurseed_jax import cli
 from recurseed_jax import confusion
 from recurseed_jax import evaluate
 from recurseed_jax import io_utils
 from recurseed_jax import scoring
+import report_fixtures as rf
 
 
 def _slow_confusion(pred, gt, n, ignore=255):
@@ -211,3 +214,62 @@ def test_per_image_scores_are_each_images_own():
     assert per_image['b'][i] == pytest.approx(confusion.scores(conf[:2, :2])['miou'],
                                               nan_ok=True)
   assert math.isnan(per_image['a'][2])
+
+
+def _report_folders(tmp_path, count=7):
+  """pred/, gt/ (grey) and images/ (JPEG) of `count` images of 3 classes, worse as k grows."""
+  rng = np.random.default_rng(3)
+  dirs = [tmp_path / d for d in ('pred', 'gt', 'images')]
+  for d in dirs:
+    d.mkdir()
+  for k in range(count):
+    gt = np.zeros((30 + k, 40), np.uint8)
+    gt[5:20, 8:30] = 1 + k % 3
+    gt[20, 8:30] = 255
+    pred = np.where(rng.random(gt.shape) < 0.1 * k, 0, np.where(gt == 255, 0, gt))
+    Image.fromarray(gt).save(dirs[1] / f'im{k}.png')
+    io_utils.save_palette_png(dirs[0] / f'im{k}.png', pred.astype(np.uint8))
+    Image.fromarray(rng.integers(0, 255, gt.shape + (3,), dtype=np.uint8)).save(
+        dirs[2] / f'im{k}.jpg')
+  return [str(d) for d in dirs]
+
+
+def test_cli_report(tmp_path, capsys):
+  pred, gt, images = _report_folders(tmp_path)
+  out = str(tmp_path / 'sub' / 'folder.html')
+  evaluate.main(['--pred', pred, '--gt', gt, '--report', out, '--images', images])
+  assert f'report: {out}' in capsys.readouterr().out
+  with open(out, encoding='utf-8') as f:
+    text = f.read()
+  page = rf.Page(text)
+  want = scoring.evaluate_dirs(pred, gt)
+  row = page.tables[0][1]
+  assert row[1] == f'{100 * want["miou"]:.1f}' and row[4] == '7'
+  assert [r[0] for r in page.tables[1][1:-1]] == ['background', 'class 1', 'class 2', 'class 3']
+  groups = [f['data-group'] for f in page.figures]
+  assert groups == ['worst'] * 2 + ['median'] * 2 + ['best'] * 2  # the fixed (ends) are ranked
+  ids = [f['data-id'] for f in page.figures]
+  assert ids == ['im6', 'im5', 'im4', 'im3', 'im1', 'im0']  # noise grows with k
+  assert len(page.imgs) == 6 and all(a['src'].startswith('data:image/png;base64,')
+                                     for a in page.imgs)
+  assert '--images' in text  # the command that made it
+
+
+@pytest.mark.parametrize('change,needle', [
+    (lambda d: ['--report', str(d / 'r.html'), '--images', str(d / 'nope')],
+     '--images {d}/nope: no such folder'),
+    (lambda d: ['--images', str(d / 'images')], '--images is only read with --report'),
+    (lambda d: ['--report', str(d / 'r.html'), '--images', str(d / 'empty')], 'no image im'),
+    (lambda d: ['--report', str(d / 'file' / 'r.html')], '{d}/file'),
+])
+def test_cli_bad_input_is_one_line(tmp_path, capsys, change, needle):
+  pred, gt, _ = _report_folders(tmp_path, count=3)
+  (tmp_path / 'file').write_text('a file, not a folder')
+  (tmp_path / 'empty').mkdir()
+  with pytest.raises(SystemExit) as info:
+    cli.run(evaluate.main, ['--pred', pred, '--gt', gt, *change(tmp_path)])
+  assert info.value.code == cli.EXIT_USAGE
+  err = capsys.readouterr().err
+  last = err.strip().splitlines()[-1]  # after the progress bars
+  assert last.startswith('error: ') and needle.format(d=tmp_path) in last, err[-500:]
+  assert 'Traceback' not in err and not (tmp_path / 'r.html').exists()
