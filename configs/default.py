@@ -255,8 +255,15 @@ def get_config():
 
   # --- export --------------------------------------------------------------------------------
   c.export = ml_collections.ConfigDict()
-  c.export.num_overlays = 8          # image | seed | pseudo mask | truth panels, evenly sampled
+  c.export.num_overlays = 8          # image | seed | pseudo mask | truth figures, evenly sampled
   c.export.submission = True         # VOC test submission tree + tar.gz (if a test split exists)
   c.export.mask_dirs = ''            # workdir folders to export: 'pseudo_masks,predictions/val'
   c.export.mask_format = 'palette'   # 'palette' (VOC colours) | 'gray' (8-bit ids, COCO 0..80)
+  # <workdir>/report.html: scores, training curves, a gallery per split, config and commands, in
+  # one file that opens offline. The gallery ranks each split's images by the per-image mIoU of its
+  # final product and shows the report_per_group worst, median and best, then report_fixed evenly
+  # spaced images (the same from run to run).
+  c.export.report = True
+  c.export.report_per_group = 2
+  c.export.report_fixed = 2
   return c

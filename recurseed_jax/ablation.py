@@ -17,6 +17,7 @@ import os
 
 from recurseed_jax import config_lib
 from recurseed_jax import io_utils
+from recurseed_jax import metrics
 from recurseed_jax import stages as stages_lib
 from recurseed_jax.stages import products
 
@@ -27,11 +28,7 @@ _TWINS = (('cam_baseline', 'CAM only (plain-CAM baseline)', 'cam_seed_miou', Non
 
 def read_curve(path):
   """[(step, seed_miou)] of a metrics.jsonl (lines without seed_miou are skipped)."""
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    rows = [json.loads(line) for line in f if line.strip()]
-  return [(r['step'], r['seed_miou']) for r in rows if 'seed_miou' in r]
+  return [(r['step'], r['seed_miou']) for r in metrics.read_log(path) if 'seed_miou' in r]
 
 
 def _summary(workdir):

@@ -355,7 +355,8 @@ def _validate_inference(config):
   for key in ('infer.prefetch', 'infer.io_threads', 'crf.queue_size'):
     _at_least(config, key, 1)
   _at_least(config, 'crf.workers', 0, ' (0 runs inline)')
-  _at_least(config, 'export.num_overlays', 0)
+  for key in ('export.num_overlays', 'export.report_per_group', 'export.report_fixed'):
+    _at_least(config, key, 0)
   _choice(config.export.mask_format, 'export.mask_format', export.MASK_FORMATS)
   _choice(i.interpolation, 'infer.interpolation', infer.INTERPOLATIONS)
   _choice(i.seed_dtype, 'infer.seed_dtype', infer.SEED_DTYPES)

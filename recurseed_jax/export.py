@@ -1,5 +1,5 @@
-"""Visual overlays (image | seed heat | prediction | ground truth), the VOC submission tree and
-label-map PNGs in the format other tools expect (VOC palette or 8-bit grey, e.g. COCO 0..80)."""
+"""Overlay figures as PNG files (drawn by panels.py), the VOC submission tree and label-map PNGs
+in the format other tools expect (VOC palette or 8-bit grey, e.g. COCO 0..80)."""
 
 import os
 import shutil
@@ -14,48 +14,8 @@ VOC_RESULTS_SUBDIR = os.path.join('results', 'VOC2012', 'Segmentation', 'comp6_t
 MASK_FORMATS = ('palette', 'gray')
 
 
-def jet(x):
-  """A jet-like ramp: [..] floats in [0, 1] -> uint8 [.., 3] (blue, cyan, yellow, red)."""
-  x = np.clip(np.asarray(x, np.float32), 0.0, 1.0)[..., None]
-  centres = np.array([0.75, 0.5, 0.25], np.float32)  # where r, g, b peak
-  rgb = np.clip(1.5 - np.abs(4.0 * (x - centres)), 0.0, 1.0)
-  return (255.0 * rgb + 0.5).astype(np.uint8)
-
-
-def _blend(image, colour, alpha=0.5):
-  out = (1.0 - alpha) * image.astype(np.float32) + alpha * colour.astype(np.float32)
-  return np.clip(out + 0.5, 0, 255).astype(np.uint8)
-
-
-def overlay_panel(image, heat, pred, gt=None):
-  """Side-by-side uint8 [H, k * W, 3]: image, heat map, prediction and (if given) ground truth.
-
-  Args:
-    image: uint8 [H, W, 3].
-    heat: float [H, W] in [0, 1] (e.g. the seed's max foreground score), jet colours blended 50%.
-    pred: uint8 [H, W] label map, VOC colours blended 50%.
-    gt: optional uint8 [H, W] label map, rendered like `pred`.
-  """
-  image = np.asarray(image)
-  if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-    raise ValueError(f'image must be uint8 [H, W, 3], got {image.dtype} {image.shape}')
-  hw = image.shape[:2]
-  if np.shape(heat) != hw:
-    raise ValueError(f'heat shape {np.shape(heat)} != image shape {hw}')
-  palette = io_utils.voc_palette()
-  tiles = [image, _blend(image, jet(heat))]
-  for name, labels in (('pred', pred), ('gt', gt)):
-    if labels is None:
-      continue
-    labels = np.asarray(labels)
-    if labels.shape != hw:
-      raise ValueError(f'{name} shape {labels.shape} != image shape {hw}')
-    tiles.append(_blend(image, palette[labels.astype(np.uint8)]))
-  return np.concatenate(tiles, axis=1)
-
-
 def write_overlays(out_dir, panels_iter):
-  """Saves each (name, uint8 [H, W, 3] panel) as `<out_dir>/<name>.png`; returns the paths."""
+  """Saves each (name, uint8 [H, W, 3] figure) as `<out_dir>/<name>.png`; returns the paths."""
   os.makedirs(out_dir, exist_ok=True)
   paths = []
   for name, panel in panels_iter:

@@ -127,6 +127,23 @@ class EventWriter:
     self._file.close()
 
 
+def read_log(path):
+  """The records of a metrics.jsonl in order, [] without one; a line cut short by a kill is
+  skipped."""
+  if not os.path.exists(path):
+    return []
+  records = []
+  with open(path) as f:
+    for line in f:
+      try:
+        record = json.loads(line)
+      except ValueError:
+        continue
+      if isinstance(record, dict) and 'step' in record:
+        records.append(record)
+  return records
+
+
 def truncate_log(path, step):
   """Drops JSONL lines past the checkpoint a run resumes from (they will be logged again)."""
   if not os.path.exists(path):

@@ -1,4 +1,4 @@
-"""Tests for recurseed_jax.io_utils and recurseed_jax.export."""
+"""Tests for recurseed_jax.io_utils and recurseed_jax.export (the overlay figures: test_report)."""
 
 import os
 import tarfile
@@ -9,6 +9,7 @@ import pytest
 
 from recurseed_jax import export
 from recurseed_jax import io_utils
+from recurseed_jax import panels
 
 
 def test_palette_first_colours():
@@ -61,22 +62,16 @@ def test_atomic_path_removes_temp_on_error(tmp_path):
   assert sorted(os.listdir(tmp_path)) == ['b.bin', 'c.npz', 'x.json']
 
 
-def test_overlay_panel_and_write(tmp_path):
+def test_write_overlays(tmp_path):
   rng = np.random.default_rng(0)
   image = rng.integers(0, 256, (12, 20, 3)).astype(np.uint8)
-  heat = rng.random((12, 20))
   pred = rng.integers(0, 4, (12, 20)).astype(np.uint8)
-  three = export.overlay_panel(image, heat, pred)
-  four = export.overlay_panel(image, heat, pred, gt=pred)
-  assert three.shape == (12, 60, 3) and four.shape == (12, 80, 3) and four.dtype == np.uint8
-  np.testing.assert_array_equal(four[:, :20], image)
-  np.testing.assert_array_equal(four[:, 40:60], four[:, 60:80])
-  assert export.jet(np.array([0.0, 1.0])).tolist() == [[0, 0, 128], [128, 0, 0]]
-  paths = export.write_overlays(tmp_path / 'ov', [('a', three), ('b.png', four)])
+  fig = panels.overlay_figure(image, rng.random((12, 20)), pred, pred, names=list('0abc'))
+  paths = export.write_overlays(tmp_path / 'ov', [('a', fig), ('b.png', fig[:30])])
   assert [os.path.basename(p) for p in paths] == ['a.png', 'b.png']
-  np.testing.assert_array_equal(np.asarray(Image.open(paths[1])), four)
-  with pytest.raises(ValueError, match='pred shape'):
-    export.overlay_panel(image, heat, pred[:5])
+  np.testing.assert_array_equal(np.asarray(Image.open(paths[0])), fig)
+  np.testing.assert_array_equal(np.asarray(Image.open(paths[1])), fig[:30])
+  assert sorted(os.listdir(tmp_path / 'ov')) == ['a.png', 'b.png']  # no temp file left
 
 
 def test_voc_submission_tree(tmp_path):

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 from recurseed_jax import stages
+from recurseed_jax.stages import products
+import report_fixtures as rf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ['--config.data.num_train=32', '--config.data.num_val=8', '--config.data.image_size=32',
@@ -68,6 +70,11 @@ def test_end_to_end_multistage_resume_and_rerun_skips(tmp_path):
   with open(os.path.join(wd, 'evaluation.md')) as f:
     assert '| RecurSeed seed (train) |' in f.read()
   assert len(os.listdir(os.path.join(wd, 'overlays'))) == 2
+  with open(os.path.join(wd, 'report.html'), encoding='utf-8') as f:
+    rows = rf.Page(f.read()).summary_rows()  # every product, as summary.json has it
+  assert {title: row[1] for title, row in rows.items()} == {
+      products.TABLE_TITLES[k[:-5]]: f'{100 * v:.1f}' for k, v in summary.items()
+      if k.endswith('_miou')}
   assert 'RecurSeed seed' in r.stdout and 'VOC submission skipped' in r.stdout
 
   # A killed seeds+crf run: two seeds (with their masks) and one more mask missing. The rerun

@@ -31,6 +31,8 @@ def test_default_config_is_valid():
     ({'data.crop_size': 72, 'rs.refine_stride': 16}, 'data.crop_size'),
     ({'infer.scales': ()}, 'infer.scales'),
     ({'train.steps': 0}, 'train.steps'),
+    ({'export.report_per_group': -1}, 'export.report_per_group'),
+    ({'export.report_fixed': -1}, 'export.report_fixed'),
 ])
 def test_bad_value_names_its_key(overrides, key):
   cfg = _config(**overrides)

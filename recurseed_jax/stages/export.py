@@ -1,12 +1,12 @@
-"""Stage export: overlays of a sample of training images, the VOC test submission, masks in a
-chosen format.
+"""Stage export: overlays of a sample of training images, report.html, the VOC test submission,
+masks in a chosen format.
 
 overlays/<id>.png: image | RecurSeed seed heat | pseudo mask (config.pseudo.method's) | truth,
-for export.num_overlays
-evenly spaced training images. submission/results/VOC2012/Segmentation/comp6_test_cls/<id>.png
-and submission/results.tar.gz when the dataset has a test split (the multi-stage segmenter's
-predictions when the predict stage made them). export/<folder>/<id>.png for each folder of
-config.export.mask_dirs.
+titled, with a legend of the classes, for export.num_overlays evenly spaced training images.
+report.html (export.report): the run on one page (report.py). submission/results/VOC2012/
+Segmentation/comp6_test_cls/<id>.png and submission/results.tar.gz when the dataset has a test
+split (the multi-stage segmenter's predictions when the predict stage made them).
+export/<folder>/<id>.png for each folder of config.export.mask_dirs. Process 0 writes them all.
 """
 
 import os
@@ -16,10 +16,12 @@ import numpy as np
 from recurseed_jax import export as export_lib
 from recurseed_jax import infer
 from recurseed_jax import io_utils
+from recurseed_jax import panels
 from recurseed_jax import processes
+from recurseed_jax import report
 from recurseed_jax.stages import products
 
-OUTPUTS = ('overlays', 'submission', 'export')
+OUTPUTS = ('overlays', 'report.html', 'submission', 'export')
 
 
 def _overlays(ctx):
@@ -27,11 +29,12 @@ def _overlays(ctx):
   n = len(train)
   k = min(ctx.config.export.num_overlays, n)
   sample = sorted(set(np.linspace(0, n - 1, k).round().astype(int).tolist())) if k else []
-  folder = products.pseudo_mask_folder(ctx.config)  # the pseudo masks the segmenter trains on
+  key, folder = products.PSEUDO_MASKS[ctx.config.pseudo.method]  # what the segmenter trains on
   if not os.path.isdir(ctx.path(folder)):
-    folder = 'pseudo_masks'
+    key, folder = products.PSEUDO_MASKS['crf']
+  names = ('background',) + tuple(ctx.class_names)
 
-  def panels():
+  def figures():
     for i in sample:
       image_id = train.ids[i]
       image = train.image(i)
@@ -39,9 +42,11 @@ def _overlays(ctx):
       heat = infer.dequantize(rs).max(axis=-1) if rs.shape[-1] else np.zeros(image.shape[:2])
       pred = io_utils.load_mask_png(products.mask_path(ctx, image_id, folder))
       gt = train.mask(i) if train.has_masks else None
-      yield image_id, export_lib.overlay_panel(image, heat, pred, gt)
+      yield image_id, panels.overlay_figure(
+          image, heat, pred, gt, names, caption=image_id,
+          heat_title='RecurSeed seed\n(max over classes)', pred_title=products.short_title(key))
 
-  export_lib.write_overlays(ctx.path('overlays'), panels())
+  export_lib.write_overlays(ctx.path('overlays'), figures())
   return len(sample)
 
 
@@ -50,6 +55,9 @@ def run(ctx):
     return {}
   cfg = ctx.config
   out = dict(overlays=_overlays(ctx))
+  if cfg.export.report:
+    out['report'] = report.workdir_report(ctx)
+    ctx.log(f'[export] report: {out["report"]}')
   test, why = products.split_or_none(ctx, 'test')
   if cfg.export.submission and test is None:
     ctx.log(f'[export] no test split, VOC submission skipped ({why})')

@@ -65,6 +65,16 @@ def pseudo_mask_folder(config):
   return PSEUDO_MASKS[config.pseudo.method][1]
 
 
+def made_pseudo_masks(ctx):
+  """[(summary key, folder)] of every kind of pseudo masks the workdir holds."""
+  return [p for p in PSEUDO_MASKS.values() if os.path.isdir(ctx.path(p[1]))]
+
+
+def short_title(key):
+  """A product's table title without its split: 'RecurSeed seed (train)' -> 'RecurSeed seed'."""
+  return TABLE_TITLES.get(key, key).rsplit(' (', 1)[0]
+
+
 def missing_masks(ctx, split, *folders, indices=None):
   """Of `indices` (default: every image), those without a PNG in every folder (default
   pseudo_masks/)."""
