@@ -257,6 +257,7 @@ def _reference_predict(variables, images, scales, flip):
   return dict(cam=cams / n, seg=segs / n, class_prob=probs / n)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('flip', [True, False])
 def test_make_predict_fn_matches_per_pass_reference(flip):
   _, variables = _model_and_variables()

@@ -42,6 +42,7 @@ def _pngs(folder):
   return sorted(n for n in os.listdir(folder) if n.endswith('.png'))
 
 
+@pytest.mark.slow
 def test_end_to_end_multistage_resume_and_rerun_skips(tmp_path):
   wd = str(tmp_path / 'run')
   r = _launch(f'--workdir={wd}', *MULTI)
@@ -119,6 +120,7 @@ def test_bad_input_one_line_error(tmp_path, args, needle):
   assert lines[-1].startswith('error: ') and 'Traceback' not in r.stderr, r.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_unwritable_workdir(tmp_path):
   blocker = tmp_path / 'file'
   blocker.write_text('not a folder')

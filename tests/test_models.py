@@ -162,6 +162,7 @@ def test_resnet_param_count_matches_torchvision(stage_sizes, expected):
 # --- RecurSeedNet / DeepLabNet ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('output_stride', [16, 8])
 def test_recurseed_net_outputs(output_stride):
   out, _ = _apply(output_stride)(_init(), _images(), 0)

@@ -20,7 +20,6 @@ import sys
 import time
 
 import numpy as np
-from PIL import Image
 import pytest
 from test_parallel import UPDATE_RTOL
 from test_parallel import _rel_norm
@@ -104,8 +103,17 @@ def test_step_on_2_processes_matches_1_device(tmp_path):
 
 
 # --- the pipeline ------------------------------------------------------------------------------
+# The smallest whole pipeline: one RecurSeed network (no baseline, no upper bound), 16 + 4
+# images, 2 steps of each network: what is tested is the wiring across processes.
+SMALL = ['--config.data.num_train=16', '--config.data.num_val=4', '--config.train.steps=2',
+         '--config.train.cam_baseline=False', '--config.train.upper_bound=False',
+         '--config.train.checkpoint_every=2', '--config.seg.train.steps=2',
+         '--config.boundary.train.steps=2', '--config.crf.iterations=1']
+N_TRAIN, N_VAL = 16, 4
+
+
 def _launch_args(wd, *extra):
-  return [os.path.join(ROOT, 'launch.py'), f'--workdir={wd}', *MULTI, *extra]
+  return [os.path.join(ROOT, 'launch.py'), f'--workdir={wd}', *MULTI, *SMALL, *extra]
 
 
 def _files(wd, folders):
@@ -127,11 +135,21 @@ PRODUCTS = ('seeds/train', 'pseudo_masks', 'ir_labels', 'pseudo_masks_rw', 'pseu
             'predictions/val', 'predictions/seg_val', 'predictions/seg_val_nocrf')
 
 
-def _pixels_differing(a, b):
-  if a.endswith('.npz'):
-    with np.load(a) as x, np.load(b) as y:
-      return {k: int((x[k] != y[k]).sum()) for k in x.files if k in ('classes', 'rs')}
-  return int((np.asarray(Image.open(a)) != np.asarray(Image.open(b))).sum())
+def _seed_differences(a, b):
+  """(values differing, values, largest difference in float16 steps) of two seed files."""
+  with np.load(a) as x, np.load(b) as y:
+    assert x.files == y.files and np.array_equal(x['classes'], y['classes'])
+    diff = n = 0
+    steps = 0.0
+    for k in x.files:
+      if k == 'classes':
+        continue
+      u, v = x[k].astype(np.float32), y[k].astype(np.float32)
+      diff += int((u != v).sum())
+      n += u.size
+      ulp = np.spacing(np.maximum(np.abs(u), np.abs(v)).astype(np.float16)).astype(np.float32)
+      steps = max(steps, float((np.abs(u - v) / ulp).max()) if u.size else 0.0)
+  return diff, n, steps
 
 
 def test_pipeline_on_2_processes_equals_1_process(tmp_path):
@@ -142,7 +160,8 @@ def test_pipeline_on_2_processes_equals_1_process(tmp_path):
   lead, other = _log(tmp_path, 0), _log(tmp_path, 1)
   assert '[devices] 2 process(es), 2 local cpu device(s)' in lead and "{'data': 4}" in lead
   assert '[train_rs] running' in lead and '[train_rs] running' not in other  # one log
-  expected = dict(seeds=32, crf=32, ir_labels=32, random_walk=32, predict=8, evaluate=40)
+  expected = dict(seeds=N_TRAIN, crf=N_TRAIN, ir_labels=N_TRAIN, random_walk=N_TRAIN,
+                  predict=N_VAL, evaluate=N_TRAIN + N_VAL)
   for name, total in expected.items():
     with open(os.path.join(two, 'stages', f'{name}.json')) as f:
       marker = json.load(f)
@@ -158,65 +177,67 @@ def test_pipeline_on_2_processes_equals_1_process(tmp_path):
                          TF_CPP_MIN_LOG_LEVEL='2', JAX_DISABLE_MOST_OPTIMIZATIONS='true'))
   assert r.returncode == 0, r.stderr[-3000:]
   a, b = _files(two, PRODUCTS), _files(one, PRODUCTS)
-  assert set(a) == set(b) and len(a) == 5 * 32 + 3 * 8
-  different = {k: _pixels_differing(a[k], b[k]) for k in a
-               if open(a[k], 'rb').read() != open(b[k], 'rb').read()}
-  # Masks and predictions: byte-identical. Seed files: their RecurSeed seed and classes
-  # identical (the CAM channels may round differently in the last float16 bit: another batch
-  # composition per device).
-  assert all(v == {'classes': 0, 'rs': 0} for k, v in different.items() if k.endswith('.npz'))
-  assert not [k for k in different if k.endswith('.png')], different
+  assert set(a) == set(b) and len(a) == 5 * N_TRAIN + 3 * N_VAL
+  same = lambda k: open(a[k], 'rb').read() == open(b[k], 'rb').read()
+  # Every mask and prediction: byte-identical. Seed files: another number of images per device
+  # (4 here, 2 there) rounds a few values one float16 step apart.
+  assert [k for k in a if k.endswith('.png') and not same(k)] == []
+  seeds = [_seed_differences(a[k], b[k]) for k in a if k.endswith('.npz')]
+  differing, values = sum(d for d, _, _ in seeds), sum(n for _, n, _ in seeds)
+  assert differing <= 0.01 * values and max(s for _, _, s in seeds) <= 1.0, seeds
   with open(os.path.join(two, 'summary.json')) as f, open(os.path.join(one, 'summary.json')) as g:
     s2, s1 = json.load(f), json.load(g)
   assert {k: v for k, v in s2.items() if k.endswith('_miou')} == {
       k: v for k, v in s1.items() if k.endswith('_miou')}
 
 
-def test_killed_process_stops_the_other_and_the_rerun_resumes(tmp_path):
-  wd = str(tmp_path / 'run')
-  args = _launch_args(wd, '--config.parallel.peer_timeout_s=10', '--config.train.steps=60',
-                      '--config.train.checkpoint_every=20', '--config.train.cam_baseline=False',
-                      '--config.train.upper_bound=False', '--stages=train_rs')
-  procs = _start(args, 2, str(tmp_path))
-  deadline = time.time() + TIMEOUT
-  ckpt = os.path.join(wd, 'train', 'checkpoints')
-  while time.time() < deadline and not (
-      os.path.isdir(ckpt) and any(d.isdigit() and int(d) >= 20 for d in os.listdir(ckpt))):
+def _wait_for(path_fn, timeout=TIMEOUT):
+  deadline = time.time() + timeout
+  while time.time() < deadline and not path_fn():
     time.sleep(0.5)
+
+
+def _checkpoints(folder):
+  return sorted(int(d) for d in os.listdir(folder) if d.isdigit()) if os.path.isdir(folder) else []
+
+
+def test_sigterm_then_sigkill_of_one_process_and_the_reruns_resume(tmp_path):
+  """SIGTERM on one host: every process stops at the same step and saves it (JAX's preemption
+  service). The same command resumes; SIGKILL of one process then stops the other within the
+  heartbeat timeout, naming it; the same command resumes again and finishes."""
+  wd = str(tmp_path / 'run')
+  args = _launch_args(wd, '--config.parallel.peer_timeout_s=10', '--config.train.steps=400',
+                      '--config.train.checkpoint_every=200', '--stages=train_rs')
+  ckpt = os.path.join(wd, 'train', 'checkpoints')
+  log = os.path.join(wd, 'train', 'metrics.jsonl')
+  procs = _start(args, 2, str(tmp_path))
+  _wait_for(lambda: os.path.exists(log) and os.path.getsize(log) > 0)
+  procs[1][0].send_signal(signal.SIGTERM)
+  codes = _wait(procs, timeout=300)
+  assert codes == [128 + signal.SIGTERM] * 2, codes
+  (saved,) = _checkpoints(ckpt)
+  assert 0 < saved < 400
+  for i in (0, 1):
+    assert f'saved checkpoint {saved}' in _log(tmp_path, i)
+
+  procs = _start(args, 2, str(tmp_path))  # resumes from `saved`
+  _wait_for(lambda: _checkpoints(ckpt)[-1] > saved or _log(tmp_path, 0).count('img_s') > 2)
   procs[1][0].send_signal(signal.SIGKILL)
   t0 = time.time()
   codes = _wait(procs, timeout=240)
   stopped_after = time.time() - t0
   assert codes[1] == -signal.SIGKILL and codes[0] == 3, codes
   lead = _log(tmp_path, 0)
-  assert 'process 1 of 2 sent no heartbeat' in lead, lead[-3000:]
+  assert 'process 1 of 2 sent no heartbeat' in lead or 'a collective between the 2' in lead, (
+      lead[-3000:])
   assert stopped_after < 60, stopped_after  # peer_timeout 10 s, checked every 5 s
   assert not os.path.exists(os.path.join(wd, 'stages', 'train_rs.json'))
-  # The same command resumes from the last checkpoint on both processes and finishes.
-  procs = _start(args, 2, str(tmp_path))
+
+  short = _launch_args(wd, '--config.parallel.peer_timeout_s=10', '--stages=train_rs',
+                       f'--config.train.steps={saved + 4}', '--config.train.checkpoint_every=2')
+  procs = _start(short, 2, str(tmp_path))  # the schedule is another, but it resumes and ends
   assert _wait(procs) == [0, 0], _log(tmp_path, 0)[-3000:]
-  assert os.path.isdir(os.path.join(ckpt, '60'))
-  with open(os.path.join(wd, 'train', 'metrics.jsonl')) as f:
+  assert _checkpoints(ckpt)[-1] == saved + 4
+  with open(log) as f:
     steps = [json.loads(line)['step'] for line in f if line.strip()]
-  assert steps == sorted(set(steps)) and steps[-1] == 60  # no step logged twice: a resume
-
-
-def test_sigterm_on_one_process_saves_a_checkpoint_on_all(tmp_path):
-  """JAX's preemption service: SIGTERM on one host, every process stops at the same step,
-  saves it and exits asking for a rerun."""
-  wd = str(tmp_path / 'run')
-  args = _launch_args(wd, '--config.train.steps=400', '--config.train.checkpoint_every=200',
-                      '--config.train.cam_baseline=False', '--config.train.upper_bound=False',
-                      '--stages=train_rs')
-  procs = _start(args, 2, str(tmp_path))
-  deadline = time.time() + TIMEOUT
-  log = os.path.join(wd, 'train', 'metrics.jsonl')
-  while time.time() < deadline and not (os.path.exists(log) and os.path.getsize(log) > 0):
-    time.sleep(0.5)
-  procs[1][0].send_signal(signal.SIGTERM)
-  codes = _wait(procs, timeout=300)
-  assert codes == [128 + signal.SIGTERM] * 2, codes
-  steps = [int(d) for d in os.listdir(os.path.join(wd, 'train', 'checkpoints')) if d.isdigit()]
-  assert len(steps) == 1 and 0 < steps[0] < 400, steps
-  for i in (0, 1):
-    assert f'saved checkpoint {steps[0]}' in _log(tmp_path, i)
+  assert steps == sorted(set(steps)) and steps[-1] == saved + 4  # no step logged twice

@@ -69,6 +69,7 @@ def _deeplab(head='v3plus'):
   return cfg, model, variables
 
 
+@pytest.mark.slow
 def test_segmenter_step_matches_numpy_and_ignores_padding():
   cfg, model, variables = _deeplab()
   predict = infer.make_predict_fn(model, (1.0, 0.5), True, align=8)
@@ -107,6 +108,7 @@ def test_segmenter_step_matches_numpy_and_ignores_padding():
   np.testing.assert_array_equal(per['seg']['channels'], order[:2])
 
 
+@pytest.mark.slow
 def test_seg_supervision_step_learns_the_masks():
   cfg, model, variables = _deeplab(head='v2')
   cfg = reference.override(cfg, {'model.network': 'deeplab', 'data.crop_size': 32,

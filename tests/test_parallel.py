@@ -63,6 +63,7 @@ def _rel_norm(arrays, prefix_a, prefix_b, base=None):
   return np.sqrt(num / den)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('mode', ['jit', 'pmap'])
 def test_step_on_4_devices_matches_1_device(four_devices, mode):
   results, arrays = four_devices
@@ -90,6 +91,7 @@ def test_step_on_4_devices_matches_1_device(four_devices, mode):
     np.testing.assert_allclose(m4['loss'], m1['loss'], rtol=1e-2, err_msg=f'free step {k + 1}')
 
 
+@pytest.mark.slow
 def test_step_states_are_the_one_device_states(four_devices):
   """Sanity of the comparison above: the three runs saved the same tree, and it moved."""
   _, arrays = four_devices
@@ -99,6 +101,7 @@ def test_step_states_are_the_one_device_states(four_devices):
   assert _rel_norm(arrays, "one/3/['params']", 'init/') > 1e-3
 
 
+@pytest.mark.slow
 def test_dropout_masks_do_not_depend_on_device_count(four_devices):
   _, arrays = four_devices
   mask = arrays['dropout_1']
@@ -106,6 +109,7 @@ def test_dropout_masks_do_not_depend_on_device_count(four_devices):
   np.testing.assert_array_equal(arrays['dropout_4'], mask)
 
 
+@pytest.mark.slow
 def test_batch_not_divisible_by_devices_is_a_clear_error(four_devices):
   results, _ = four_devices
   for mode in ('jit', 'pmap'):

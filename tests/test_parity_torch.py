@@ -114,6 +114,7 @@ def _run(model, variables, x, train=False):
 # ResNet-101 at OS16 runs in the DeepLab tests below (with the authors' dilations).
 @pytest.mark.parametrize('layers, output_stride', [(R50, 16), (R50, 8), (R101, 8)],
                          ids=['r50-os16', 'r50-os8', 'r101-os8'])
+@pytest.mark.slow
 def test_torchvision_resnet(layers, output_stride, tmp_path):
   net = _torch_net('resnet', layers, output_stride)
   model = models.ResNet(layers, output_stride=output_stride, dilation_scheme='torchvision')
@@ -134,6 +135,7 @@ def test_torchvision_resnet(layers, output_stride, tmp_path):
            ref)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('output_stride', [16, 8])
 def test_rsepm_network(output_stride):
   net = _torch_net('rsepm', R50, output_stride)
@@ -150,6 +152,7 @@ def test_rsepm_network(output_stride):
   _compare(f'rsepm_r50_os{output_stride}', out, ref)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('head', ['v3plus', 'v2'])
 @pytest.mark.parametrize('output_stride', [16, 8])
 def test_deeplab_r101(head, output_stride):
@@ -188,6 +191,7 @@ def test_heads_with_dilations_inside_the_map(head):
   _compare(f'small_{head}_dilated', _run(model, variables, x), ref)
 
 
+@pytest.mark.slow
 def test_train_mode_outputs_and_batch_norm_statistics():
   # One training-mode forward of the full RS+EPM ResNet-50 network (dropout 0 on both sides):
   # same outputs from batch statistics, and the same running statistics afterwards, including

@@ -23,6 +23,8 @@ from recurseed_jax import checkpoint as ckpt_lib
 from recurseed_jax import train
 import train_script
 
+pytestmark = pytest.mark.slow
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 LOSS_KEYS = ('loss', 'cls', 'cam', 'seg', 'seed_coverage', 'seed_precision', 'lr', 'nonfinite')
 

@@ -122,6 +122,7 @@ def _assert_params_changed(old, new):
 # --- the train step ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_weak_step_with_mix_no_refinement():
   cfg = _config(**{'rs.refine': 'none', 'mix.kind': 'certainmix'})
   state, new_state, m, _ = _one_step(cfg, use_mix=True)
@@ -139,6 +140,7 @@ def test_weak_step_with_mix_no_refinement():
   assert all(jax.tree.leaves(_differs(state.batch_stats, new_state.batch_stats)))
 
 
+@pytest.mark.slow
 def test_weak_step_with_edgepredictmix():
   # edge_threshold 0 makes every pixel an edge pixel, so the band is surely ignored somewhere.
   cfg = _config(**{'rs.refine': 'none', 'mix.kind': 'edgepredictmix', 'mix.edge_threshold': 0.0,
@@ -373,6 +375,7 @@ def trained(tmp_path_factory):
               finished_before=finished_before)
 
 
+@pytest.mark.slow
 def test_train_two_steps_and_is_finished(trained):
   cfg, workdir = trained['cfg'], trained['workdir']
   assert not trained['finished_before']
@@ -400,6 +403,7 @@ def test_train_two_steps_and_is_finished(trained):
   assert any(jax.tree.leaves(_differs(step1['params'], step2['params'])))
 
 
+@pytest.mark.slow
 def test_train_resumes_from_last_checkpoint(trained):
   workdir = trained['workdir'] + '_resumed'
   shutil.copytree(trained['workdir'], workdir)

@@ -71,6 +71,7 @@ def test_strided_seed_matches_numpy():
     np.testing.assert_allclose(got[j, :ref.shape[0], :ref.shape[1]], ref, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_walk_step_matches_irn_per_image():
   model, variables = _net()
   images, seeds, classes = _scene()

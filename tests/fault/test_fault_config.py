@@ -41,6 +41,7 @@ def test_crop_larger_than_every_bucket():
   config_lib.validate(cfg)
 
 
+@pytest.mark.slow
 def test_infer_batch_not_divisible_by_the_devices_stops_before_any_compute(tmp_path):
   r, last = _launch(f'--workdir={tmp_path / "run"}', '--config.infer.batch_size=6',
                     XLA_FLAGS='--xla_force_host_platform_device_count=4')
@@ -72,6 +73,7 @@ def test_checkpoint_of_other_shapes_names_first_key_and_both_shapes(tmp_path):
                          step=np.zeros((), np.int32)))
 
 
+@pytest.mark.slow
 def test_launch_on_a_workdir_trained_with_another_model_width(tmp_path):
   """A TINY run (width 8) finding a width-16 checkpoint: one line, before any training."""
   with ckpt_lib.Checkpoints(str(tmp_path / 'run' / 'train' / 'checkpoints')) as ckpts:

@@ -28,6 +28,8 @@ from recurseed_jax import io_utils
 from recurseed_jax import stages
 from test_launch import TINY
 
+pytestmark = pytest.mark.slow
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 # Every stage, the multi-stage ones included (the segmenter takes TINY's training fields).

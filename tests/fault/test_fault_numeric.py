@@ -37,6 +37,7 @@ def _edge_batch():
   return b
 
 
+@pytest.mark.slow
 def test_train_step_on_edge_images_then_a_nan_batch(tmp_path, capsys):
   """CertainMix from step 0 (it pastes the empty and the one-pixel image too), SCG refinement."""
   cfg = reference.default_config(**{
