@@ -20,6 +20,8 @@ padding never leaks into its result:
 - Outputs are resized from their valid cells back to each image's size and are zero past it.
 
 So a padded image gives what the same image gives alone, to float precision (tests/test_infer).
+The network may compute in bfloat16 (config.infer.dtype, step_from_config); its parameters, the
+softmax, every resize (the decoder's too) and the seeds stay float32.
 
 The segmentation head's output reaches the image one of three ways (`interpolation`):
 - 'nearest': the authors' RS+EPM seeds (infer_rsepm.py: same=True, interpolation='nearest'):
@@ -44,6 +46,7 @@ import numpy as np
 from tqdm import tqdm
 
 from recurseed_jax import io_utils
+from recurseed_jax import models
 from recurseed_jax import parallel
 from recurseed_jax.models import deeplab
 from recurseed_jax.models import resnet
@@ -265,17 +268,18 @@ def _padding_interceptor(valid_hw, canvas):
     if context.method_name != '__call__' or not args or not _is_map(args[0]):
       return next_fun(*args, **kwargs)
     x = args[0]
-    if isinstance(module, deeplab.Resize):
+    if isinstance(module, deeplab.Resize):  # in float32 whatever the compute dtype
       size = tuple(int(v) for v in args[1])
-      return _resize(x, valid(x), _valid_at(valid_hw, canvas, size), size,
-                     jnp.zeros((x.shape[0],), bool))
+      return _resize(x.astype(jnp.float32), valid(x), _valid_at(valid_hw, canvas, size), size,
+                     jnp.zeros((x.shape[0],), bool)).astype(x.dtype)
     if isinstance(module, deeplab.ASPP) or _spreads(module):
       x = mask(x)
     if isinstance(module, deeplab.ASPP):
       v = valid(x)
       aspp_cells.append((x.shape[1] * x.shape[2]) / (v[:, 0] * v[:, 1]).astype(jnp.float32))
     elif isinstance(module.parent, deeplab.ASPP) and module.name == 'pool':
-      x = x * aspp_cells[-1][:, None, None, None].astype(x.dtype)  # canvas mean -> valid mean
+      # The canvas mean -> the valid mean (in float32 whatever the compute dtype).
+      x = (x.astype(jnp.float32) * aspp_cells[-1][:, None, None, None]).astype(x.dtype)
     out = next_fun(x, *args[1:], **kwargs)
     if isinstance(module.parent, resnet.ResNet) and module.name == 'bn1':
       return mask(out)  # before ReLU and the stem's max pool
@@ -623,8 +627,11 @@ def make_segmenter_step(predict, mean, std, class_threshold=0.05, max_classes=8)
 
 def step_from_config(config, model, num_kept=None, segmenter=False, unrolled=False):
   """The step a stage runs: make_infer_step (seeds with num_kept = K, else predictions) or, for
-  the multi-stage segmenter, make_segmenter_step; scales, flip, interpolation from config.infer.
-  `unrolled`: every pass in one jitted function (the memory comparison of bench/infer.py)."""
+  the multi-stage segmenter, make_segmenter_step; scales, flip, interpolation from config.infer,
+  and the network computes in config.infer.dtype (its parameters, the softmax, the resizes and
+  the products stay float32). `unrolled`: every pass in one jitted function (the memory
+  comparison of bench/infer.py)."""
+  model = model.clone(dtype=models.COMPUTE_DTYPES[config.infer.dtype])
   predict = make_predict_fn(model, config.infer.scales, config.infer.flip,
                             align=config.model.output_stride,
                             interpolation=config.infer.interpolation, unrolled=unrolled)
