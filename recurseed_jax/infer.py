@@ -339,11 +339,12 @@ def _add_at(total, part, index):
 
 
 def _batch_sharding(x):
-  """x's placement for arrays of any rank, sharded like x over the batch axis (None: default)."""
+  """x's sharding over the batch axis, for arrays of any rank; None for one device (there an
+  explicit placement would only change the compile cache's key)."""
   s = getattr(x, 'sharding', None)
   if isinstance(s, jax.sharding.NamedSharding):
     return jax.sharding.NamedSharding(s.mesh, jax.sharding.PartitionSpec(*s.spec[:1]))
-  return s if isinstance(s, jax.sharding.SingleDeviceSharding) else None
+  return None
 
 
 def _abstract(tree):
