@@ -288,26 +288,36 @@ def _padding_interceptor(valid_hw, canvas):
   return interceptor
 
 
-def _seg_to_image(seg, seg_hw, pass_hw, image_hw, canvas, image_size, flips, interpolation):
-  """One pass's segmentation logits -> softmax at the image (see the module docstring)."""
+def _take(x, channels):
+  """x [B,h,w,C]'s channels [B,K] of each image (None: all)."""
+  return x if channels is None else jnp.take_along_axis(x, channels[:, None, None, :], axis=-1)
+
+
+def _seg_to_image(seg, seg_hw, pass_hw, image_hw, canvas, image_size, flips, interpolation,
+                  channels=None):
+  """One pass's segmentation logits -> softmax at the image (see the module docstring); with
+  `channels` [B,K], only those channels of the softmax (over all) travel to the image."""
   if interpolation == 'probs_bilinear':
-    return _resize(jax.nn.softmax(seg, axis=-1), seg_hw, image_hw, image_size, flips)
+    return _resize(_take(jax.nn.softmax(seg, axis=-1), channels), seg_hw, image_hw, image_size,
+                   flips)
   if interpolation == 'nearest':
-    return _resize_nearest2(jax.nn.softmax(seg, axis=-1), seg_hw, pass_hw, image_hw, image_size,
-                            flips)
+    return _resize_nearest2(_take(jax.nn.softmax(seg, axis=-1), channels), seg_hw, pass_hw,
+                            image_hw, image_size, flips)
   if interpolation == 'bilinear':
     logits = _resize(seg, seg_hw, pass_hw, canvas, jnp.zeros_like(flips))
-    return _resize(jax.nn.softmax(logits, axis=-1), pass_hw, image_hw, image_size, flips)
+    return _resize(_take(jax.nn.softmax(logits, axis=-1), channels), pass_hw, image_hw,
+                   image_size, flips)
   raise ValueError(f'config.infer.interpolation must be one of {INTERPOLATIONS}, '
                    f'got {interpolation!r}')
 
 
-def _pass_at_image(model, variables, x, hw, flips, scale, align, interpolation):
+def _pass_at_image(model, variables, x, hw, flips, scale, align, interpolation, classes=None):
   """One pass of every image of x at `scale` (mirrored where `flips`), back at the image.
 
   Returns the pass's share of the running sums at the bucket's size, zero past each image: seg
   (softmax [B,H,W,C+1]) and, with a CAM head, cam (relu CAM [B,H,W,C]) and prob (the sigmoid of
-  the class logits [B,C]).
+  the class logits [B,C], all classes). With `classes` [B,K] (class indices), seg and cam hold
+  those classes only (seg without its background): what the seeds need of them.
   """
   hb, wb = x.shape[1:3]
   canvas = (_canvas(hb, scale, align), _canvas(wb, scale, align))
@@ -323,11 +333,11 @@ def _pass_at_image(model, variables, x, hw, flips, scale, align, interpolation):
                      f'align={align} must be a multiple of the output stride')
   # Back to the image, un-mirroring the flipped images on the way.
   res = dict(seg=_seg_to_image(out['seg'], seg_hw, hw_s, hw, canvas, (hb, wb), flips,
-                               interpolation))
+                               interpolation, None if classes is None else classes + 1))
   if has_cam:
     cam = out['cam'] * _rect_mask(cam_hw, out['cam'].shape[1:3])
     logits = cam.sum((1, 2)) / (cam_hw[:, :1] * cam_hw[:, 1:]).astype(jnp.float32)
-    res['cam'] = _resize(jax.nn.relu(cam), cam_hw, hw, (hb, wb), flips)
+    res['cam'] = _resize(jax.nn.relu(_take(cam, classes)), cam_hw, hw, (hb, wb), flips)
     res['prob'] = jax.nn.sigmoid(logits)
   return res
 
@@ -358,9 +368,12 @@ class Predictor:
   one jitted function per scale adds its pass into running sums at the bucket's size, [B, O, H,
   W, C] for O orientations, which it takes donated, so only the sums, the inputs and one pass are
   ever alive (docs/inference.md, "Memory"). The orientation is an argument: each scale compiles
-  once per bucket and serves both. `unrolled=True` runs every pass in one jitted function, the
-  orientations side by side in one batch, as before: XLA then plans the passes alive together
-  (bench/infer.py --unrolled compares the two). Both give the same numbers.
+  once per bucket and serves both. `classes` [B,K] (class indices, e.g. an image's labels)
+  keeps only those classes' channels from each pass's softmax (over all) and CAM on: the sums and
+  outputs hold K channels, seg without its background (the seeds need no more). `unrolled=True`
+  runs every pass in one jitted function, the orientations side by side in one batch, as
+  before: XLA then plans the passes alive together (bench/infer.py --unrolled compares the
+  two). Both give the same numbers.
   """
 
   def __init__(self, model, scales, flip, align, interpolation, unrolled=False):
@@ -376,9 +389,9 @@ class Predictor:
     self._passes = {}  # {placement of the sums: {name: jitted pass}}
     self._mean = jax.jit(self.finish)
 
-  def _contribution(self, variables, x, hw, flips, scale):
+  def _contribution(self, variables, x, hw, flips, scale, classes):
     return _pass_at_image(self.model, variables, x, hw, flips, scale, self.align,
-                          self.interpolation)
+                          self.interpolation, classes)
 
   def passes(self, where=None):
     """{name: jitted pass} of each scale, their sums placed at `where` (a batch sharding).
@@ -391,19 +404,20 @@ class Predictor:
                                   out_shardings=where) for s in self.scales}
     return self._passes[where]
 
-  def _add_pass(self, scale, variables, x, hw, orientation, sums):
+  def _add_pass(self, scale, variables, x, hw, orientation, sums, classes):
     """sums (donated) + the pass at `scale`, as is (orientation 0) or mirrored (1)."""
     flips = jnp.broadcast_to(orientation == 1, x.shape[:1])
-    res = self._contribution(variables, x, hw, flips, scale)
+    res = self._contribution(variables, x, hw, flips, scale, classes)
     return {k: _add_at(sums[k], res[k], orientation) for k in sums}
 
-  def _unrolled_sums(self, variables, x, hw):
+  def _unrolled_sums(self, variables, x, hw, classes):
     b, o = x.shape[0], len(self.orientations)
     flips = jnp.tile(jnp.asarray(self.orientations) == 1, b)  # each image, then its mirror
     x, hw = jnp.repeat(x, o, axis=0), jnp.repeat(hw, o, axis=0)
+    classes = None if classes is None else jnp.repeat(classes, o, axis=0)
     sums = {}
     for s in self.scales:
-      res = self._contribution(variables, x, hw, flips, s)
+      res = self._contribution(variables, x, hw, flips, s, classes)
       sums = {k: sums[k] + v if k in sums else v for k, v in res.items()}
     return {k: v.reshape((b, o) + v.shape[1:]) for k, v in sums.items()}
 
@@ -419,14 +433,17 @@ class Predictor:
       return dict(seg=seg, class_prob=jnp.max(seg[..., 1:], axis=(1, 2)))
     return dict(cam=total(sums['cam']) / n, seg=seg, class_prob=total(sums['prob']) / n)
 
-  def sum_shapes(self, variables, x):
-    """{name: ShapeDtypeStruct} of the running sums of a batch like x."""
+  def sum_shapes(self, variables, x, classes=None):
+    """{name: ShapeDtypeStruct} of the running sums of a batch like x (and classes)."""
     if self._channels is None:  # the network's output channels: one trace, no compute
       out = jax.eval_shape(functools.partial(self.model.apply, train=False), _abstract(variables),
                            jax.ShapeDtypeStruct((1,) + tuple(x.shape[1:]), jnp.float32))
       self._channels = {k: out[k].shape[-1] for k in ('seg', 'cam') if k in out}
+    if classes is not None and 'cam' not in self._channels:
+      raise ValueError('classes= needs a network with a CAM head (its class probabilities)')
     lead = (x.shape[0], len(self.orientations))
-    shapes = {k: lead + tuple(x.shape[1:3]) + (c,) for k, c in self._channels.items()}
+    shapes = {k: lead + tuple(x.shape[1:3]) + (c if classes is None else classes.shape[1],)
+              for k, c in self._channels.items()}
     if 'cam' in shapes:
       shapes['prob'] = lead + (self._channels['cam'],)
     return {k: jax.ShapeDtypeStruct(s, jnp.float32) for k, s in shapes.items()}
@@ -436,31 +453,31 @@ class Predictor:
       return jnp.broadcast_to(jnp.array(x.shape[1:3], jnp.int32), (x.shape[0], 2))
     return jnp.asarray(valid_hw, jnp.int32)
 
-  def accumulate(self, variables, x, valid_hw=None):
+  def accumulate(self, variables, x, valid_hw=None, classes=None):
     """Host: the running sums of every pass over a batch (dispatched, not waited for)."""
     x = jnp.asarray(x)
     hw = self._valid_hw(x, valid_hw)
     if self.unrolled:
-      return self._unrolled(variables, x, hw)
+      return self._unrolled(variables, x, hw, classes)
     where = _batch_sharding(x)
     sums = {k: jnp.zeros(s.shape, s.dtype, device=where)
-            for k, s in self.sum_shapes(variables, x).items()}
+            for k, s in self.sum_shapes(variables, x, classes).items()}
     for add in self.passes(where).values():
       for o in self.orientations:
-        sums = add(variables, x, hw, np.int32(o), sums)
+        sums = add(variables, x, hw, np.int32(o), sums, classes)
     return sums
 
-  def __call__(self, variables, images, valid_hw=None):
-    return self._mean(self.accumulate(variables, images, valid_hw))
+  def __call__(self, variables, images, valid_hw=None, classes=None):
+    return self._mean(self.accumulate(variables, images, valid_hw, classes))
 
-  def plan_parts(self, variables, x, hw):
+  def plan_parts(self, variables, x, hw, classes=None):
     """[(name, jitted, abstract args)]: what accumulate compiles and runs for a batch like x."""
-    args = _abstract((variables, x, hw))
     if self.unrolled:
-      return [('passes', self._unrolled, args)]
-    sums = self.sum_shapes(variables, x)
+      return [('passes', self._unrolled, _abstract((variables, x, hw, classes)))]
+    sums = self.sum_shapes(variables, x, classes)
     o = jax.ShapeDtypeStruct((), jnp.int32)
-    return [(f'pass {name}', f, args + (o, sums)) for name, f in self.passes().items()]
+    return [(f'pass {name}', f, _abstract((variables, x, hw)) + (o, sums, _abstract(classes)))
+            for name, f in self.passes().items()]
 
   def jitted(self):
     return [self._unrolled, self._mean] + [f for fns in self._passes.values() for f in fns.values()]
@@ -483,7 +500,8 @@ def make_predict_fn(model, scales=(1.0,), flip=True, align=32, interpolation='pr
   of the class logits [B,C]. A network without a CAM (models.DeepLabNet, the multi-stage
   segmenter) gives seg only, and class_prob = the max over the image of each class's mean softmax
   (METHOD.md section 5). A Predictor: the passes run one after another (`unrolled`: all in one
-  jitted function, which XLA plans all alive at once).
+  jitted function, which XLA plans all alive at once); `predict(..., classes=[B,K])` keeps only
+  those classes in cam and seg (Predictor).
   """
   return Predictor(model, scales, flip, align, interpolation, unrolled)
 
@@ -496,21 +514,27 @@ def _normalise_images(images, mean, std):
 class Step:
   """`step(variables, images, valid_hw, labels) -> dict` of per-image products, in jitted parts.
 
-  The normalisation, the predictor's passes (Predictor.accumulate), then `products(out, labels)`
-  of its mean outputs. Every part compiles once per bucket
-  (and the last per labels / no labels); `_cache_size()` is the most compilations of any part,
-  `compilations()` their total. Made by make_infer_step and make_segmenter_step.
+  The normalisation (and `classes_of(labels)`: the classes the passes keep, or None for all),
+  the passes (Predictor.accumulate), then `products(out, labels)` of the mean outputs. Every part
+  compiles once per bucket (and per labels / no labels); `_cache_size()` is the most
+  compilations of any part, `compilations()` their total; the step's predictor is its own copy,
+  so the counts are this step's. Made by make_infer_step and make_segmenter_step.
   """
 
-  def __init__(self, predict, mean, std, products):
+  def __init__(self, predict, mean, std, products, classes_of=None):
     self.predict = predict = predict.fresh()
     mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
-    self._prepare = jax.jit(functools.partial(_normalise_images, mean=mean, std=std))
+
+    def prepare(images, labels):
+      keep = None if labels is None or classes_of is None else classes_of(labels)
+      return _normalise_images(images, mean, std), keep
+
+    self._prepare = jax.jit(prepare)
     self._products = jax.jit(lambda sums, labels: products(predict.finish(sums), labels))
 
   def __call__(self, variables, images, valid_hw, labels):
-    x = self._prepare(images)
-    sums = self.predict.accumulate(variables, x, valid_hw)
+    x, classes = self._prepare(images, labels)
+    sums = self.predict.accumulate(variables, x, valid_hw, classes)
     del x  # freed once the last pass has read it
     return self._products(sums, labels)
 
@@ -526,13 +550,13 @@ class Step:
   def plan_parts(self, variables, images, valid_hw, labels):
     """[(name, jitted, abstract args, the step inputs among them)] of a batch like these, in the
     order they run."""
-    x = jax.eval_shape(self._prepare, _abstract(images))
-    sums = (jax.eval_shape(self.predict._unrolled, *_abstract((variables, x, valid_hw)))
-            if self.predict.unrolled else self.predict.sum_shapes(variables, x))
+    x, classes = jax.eval_shape(self._prepare, *_abstract((images, labels)))
+    sums = (jax.eval_shape(self.predict._unrolled, *_abstract((variables, x, valid_hw, classes)))
+            if self.predict.unrolled else self.predict.sum_shapes(variables, x, classes))
     passes = [p + (('variables', 'valid_hw'),)
-              for p in self.predict.plan_parts(variables, x, valid_hw)]
-    return ([('normalise', self._prepare, _abstract((images,)), ('images',))] + passes +
-            [('products', self._products, (sums, _abstract(labels)), ('labels',))])
+              for p in self.predict.plan_parts(variables, x, valid_hw, classes)]
+    return ([('normalise', self._prepare, _abstract((images, labels)), ('images', 'labels'))] +
+            passes + [('products', self._products, (sums, _abstract(labels)), ('labels',))])
 
 
 def _nbytes(tree):
@@ -560,22 +584,26 @@ def memory_plan(step, variables, images, valid_hw, labels):
   return rows
 
 
+def kept_order(keep, num_kept):
+  """[B,K] class indices: the kept classes first (stable: in class order), then the others, so
+  K channels hold every kept class."""
+  return jnp.argsort(keep <= 0, axis=-1, stable=True)[:, :num_kept]
+
+
 def _seed_products(out, labels, class_threshold, num_kept):
-  """make_infer_step's products of the mean outputs (its docstring)."""
+  """make_infer_step's products of the mean outputs (its docstring). With labels, the passes
+  kept the classes of kept_order already (Step's classes_of)."""
   keep = keep_classes(out['class_prob'], labels, class_threshold)
   if num_kept is None:
     return dict(class_prob=out['class_prob'], keep=keep > 0,
                 pred=segmentation_label_map(out['seg'], keep))
-  # Kept classes first (stable: in class order), so K channels hold all of them.
-  order = jnp.argsort(keep <= 0, axis=-1, stable=True)[:, :num_kept]
-  classes = jnp.where(jnp.take_along_axis(keep, order, axis=-1) > 0, order, -1)
-
-  def take(scores):
-    return jnp.take_along_axis(scores, order[:, None, None, :], axis=-1)
-
-  return dict(class_prob=out['class_prob'], classes=classes.astype(jnp.int32),
-              cam=take(normalized_scores(out['cam'], keep)),
-              seg=take(normalized_scores(out['seg'][..., 1:], keep)))
+  order = kept_order(keep, num_kept)
+  kept = jnp.take_along_axis(keep, order, axis=-1)
+  cam, seg = out['cam'], out['seg']
+  if labels is None:  # kept by threshold: the passes kept every class
+    cam, seg = _take(cam, order), _take(seg[..., 1:], order)
+  return dict(class_prob=out['class_prob'], classes=jnp.where(kept > 0, order, -1).astype(
+      jnp.int32), cam=normalized_scores(cam, kept), seg=normalized_scores(seg, kept))
 
 
 def make_infer_step(predict, mean, std, class_threshold=0.34, num_kept=None):
@@ -590,8 +618,10 @@ def make_infer_step(predict, mean, std, class_threshold=0.34, num_kept=None):
   `cam` (max-normalised CAM) and `seg` (max-normalised segmentation softmax: the authors' seed).
   Seeds stay float here; the host stores them (encode_seed) and hands the CRF what it stored.
   """
-  return Step(predict, mean, std, functools.partial(
-      _seed_products, class_threshold=class_threshold, num_kept=num_kept))
+  products = functools.partial(_seed_products, class_threshold=class_threshold,
+                               num_kept=num_kept)
+  classes_of = None if num_kept is None else functools.partial(kept_order, num_kept=num_kept)
+  return Step(predict, mean, std, products, classes_of)
 
 
 def _segmenter_products(out, labels, class_threshold, max_classes):

@@ -309,6 +309,23 @@ def test_passes_in_sequence_match_one_function(interpolation):
                                err_msg=key)
 
 
+def test_predict_keeps_the_classes_asked_for():
+  """classes=[B,K] keeps those classes' channels only (the seeds step keeps the labels'): the
+  same values as taking them from every class's outputs."""
+  model, variables = _model_and_variables()
+  x = jnp.asarray(_images(2, seed=12))
+  predict = _predict(SCALES, True, 8)
+  classes = np.array([[3, 0], [1, 4]], np.int32)
+  full = jax.device_get(predict(variables, x))
+  kept = jax.device_get(predict(variables, x, classes=jnp.asarray(classes)))
+  take = np.take_along_axis
+  np.testing.assert_allclose(kept['cam'], take(full['cam'], classes[:, None, None], -1),
+                             rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(kept['seg'], take(full['seg'], classes[:, None, None] + 1, -1),
+                             rtol=1e-6, atol=1e-7)
+  np.testing.assert_array_equal(kept['class_prob'], full['class_prob'])
+
+
 def test_memory_plan_keeps_one_pass_alive():
   """XLA's plan: the step's largest part needs less than the one-function step's largest scale
   alone (both orientations), far less than all scales in one function; every pass writes into
@@ -328,7 +345,7 @@ def test_memory_plan_keeps_one_pass_alive():
   passes = [r for r in seq if r['part'].startswith('pass')]
   assert [r['part'] for r in passes] == ['pass scale 1', 'pass scale 0.5', 'pass scale 1.5',
                                          'pass scale 2']
-  sums = 4 * b * 2 * (hb * wb * (2 * NUM_CLASSES + 1) + NUM_CLASSES)  # seg, cam, prob; float32
+  sums = 4 * b * 2 * (hb * wb * 2 * 2 + NUM_CLASSES)  # seg, cam: the 2 kept classes; prob: all
   assert all(r['alias'] == sums and 0 <= r['output'] - sums < 64 for r in passes)  # + a tuple
   peak = max(r['temp'] for r in seq)
   assert peak < max(r['temp'] for r in largest) < max(r['temp'] for r in one)
