@@ -64,6 +64,8 @@ def _parse(argv=None):
                       help='a configs/ module (e.g. voc12_rs50) instead of --preset')
   parser.add_argument('--segmenter', action='store_true',
                       help="the predict stage's step on the config's segmenter")
+  parser.add_argument('--predictions', action='store_true',
+                      help="the seeds stage's val / test step (classes by threshold, no labels)")
   parser.add_argument('--classes', type=int, default=0, help="0: 20, or the --config's")
   parser.add_argument('--size', default='64x64', help='image HxW')
   parser.add_argument('--bucket', default='', help='bucket HxW (default: the image size)')
@@ -88,7 +90,10 @@ def _parse(argv=None):
                       help='CPU backend: intra-op threads (0 = XLA default)')
   parser.add_argument('--simulate-ms', type=float, default=0,
                       help='instead of the network, a device sleeping this long per image')
-  return parser.parse_args(argv)
+  args = parser.parse_args(argv)
+  if args.overlap and (args.segmenter or args.predictions):
+    parser.error('--overlap times the seeds and their CRF: not with --segmenter / --predictions')
+  return args
 
 
 def _modules():
@@ -151,21 +156,27 @@ def build(m, args, cfg):
                             m.jax.random.key(0))
 
   def step(unrolled=False):
-    return m.infer.step_from_config(cfg, model, num_kept=None if args.segmenter else args.labels,
-                                    segmenter=args.segmenter, unrolled=unrolled)
+    kept = None if args.segmenter or args.predictions else args.labels
+    return m.infer.step_from_config(cfg, model, num_kept=kept, segmenter=args.segmenter,
+                                    unrolled=unrolled)
 
   return model, shapes, step
 
 
 # --- memory plans ------------------------------------------------------------------------------
-def plan(m, step, shapes, batch, bucket, classes, segmenter):
+def plan(m, step, shapes, batch, bucket, classes, without_labels):
   """infer.memory_plan of `step` for a batch of `batch` images in `bucket`; and its seconds."""
   sd = m.jax.ShapeDtypeStruct
-  labels = None if segmenter else sd((batch, classes), m.jnp.float32)
+  labels = None if without_labels else sd((batch, classes), m.jnp.float32)
   t0 = time.perf_counter()
   rows = m.infer.memory_plan(step, shapes, sd((batch,) + bucket + (3,), m.jnp.uint8),
                              sd((batch, 2), m.jnp.int32), labels)
   return rows, time.perf_counter() - t0
+
+
+def _unlabelled(args):
+  """The step runs without labels: the segmenter's, or the val / test predictions."""
+  return args.segmenter or args.predictions
 
 
 def peak_part(rows):
@@ -224,14 +235,14 @@ def memory_section(m, args, cfg, shapes, step_of, bucket):
   variants = [('in sequence', False)] + ([('one function', True)] if args.unrolled else [])
   for label, unrolled in variants:
     step = step_of(unrolled)
-    rows1, compile_s = plan(m, step, shapes, 1, bucket, classes, args.segmenter)
-    rows2, _ = plan(m, step, shapes, 2, bucket, classes, args.segmenter)
+    rows1, compile_s = plan(m, step, shapes, 1, bucket, classes, _unlabelled(args))
+    rows2, _ = plan(m, step, shapes, 2, bucket, classes, _unlabelled(args))
     print_plans(label, rows2, 2)
     s = summary(rows1, rows2)
     s['compile_s'] = round(compile_s, 2)  # every part, ahead of time, at batch 1
     if args.budget_gib:
       def plan_at(b, step=step):
-        return plan(m, step, shapes, b, bucket, classes, args.segmenter)[0]
+        return plan(m, step, shapes, b, bucket, classes, _unlabelled(args))[0]
       budget = args.budget_gib * GIB
       s['batch_fits'], s['live_at_fit'] = fit_batch(plan_at, s, budget)
       s['batch_fits_pipelined'], s['live_pipelined'] = fit_batch(
@@ -307,11 +318,16 @@ def seed_items(m, step, variables, split, bucket, batch, sharding, bg_power=2.0,
   if args is not None and args.simulate_ms:
     yield from simulated_items(m, split, batch, args.simulate_ms, args.labels, bg_power)
     return
+  labelled = args is None or not _unlabelled(args)
   for i, image, out in m.infer.run_split(step, {'rs': variables}, split, range(len(split)),
-                                         [bucket], batch, with_labels=True, sharding=sharding):
+                                         [bucket], batch, with_labels=labelled,
+                                         sharding=sharding):
     res = out['rs']
     if 'probs' in res:  # the segmenter: its kept labels' mean softmax
       yield split.ids[i], image, res['probs'], res['channels']
+      continue
+    if 'pred' in res:  # val / test predictions: no seed
+      yield split.ids[i], image, None, res['keep'] + 1
       continue
     labels = m.np.concatenate([[0], res['classes'] + 1])  # background + the kept classes
     yield split.ids[i], image, m.infer.host_seed(res['seg'], bg_power), labels
@@ -321,7 +337,7 @@ def time_step(m, args, step, variables, sharding, size, bucket, classes):
   """Compile (every part, ahead of time), the first batch, then images/s and the GPU peak."""
   compile_s = None
   if step is not None:
-    _, compile_s = plan(m, step, variables, args.batch, bucket, classes, args.segmenter)
+    _, compile_s = plan(m, step, variables, args.batch, bucket, classes, _unlabelled(args))
   warm = make_split(m, args.batch, size, classes, args.labels, seed=1)
   t0 = time.perf_counter()
   for _ in seed_items(m, step, variables, warm, bucket, args.batch, sharding, args=args):
