@@ -159,7 +159,7 @@ def get_config():
   c.infer.seed_dtype = 'float16'
   c.infer.batch_size = 32            # fixed per bucket (last batch padded); a multiple of devices
   # The network's compute dtype at inference: 'float32' | 'bfloat16' (the parameters, softmax,
-  # resizes and seeds stay float32; pseudo masks agree with float32's: docs/inference.md).
+  # resizes and seeds stay float32; how bf16's pseudo masks agree: docs/inference.md).
   c.infer.dtype = 'float32'
   # (H, W) shapes images are padded to (bottom/right, with a valid size: results as unpadded, see
   # recurseed_jax/infer.py); each image takes the smallest that holds it; one compile per bucket.

@@ -373,7 +373,7 @@ class Predictor:
   outputs hold K channels, seg without its background (the seeds need no more). `unrolled=True`
   runs every pass in one jitted function, the orientations side by side in one batch, as
   before: XLA then plans the passes alive together (bench/infer.py --unrolled compares the
-  two). Both give the same numbers.
+  two). Both give the same numbers to float precision (tests/test_infer.py).
   """
 
   def __init__(self, model, scales, flip, align, interpolation, unrolled=False):
