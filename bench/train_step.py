@@ -36,6 +36,15 @@ The GPU run (bf16 against PyTorch AMP: autocast bf16, channels_last, cudnn.bench
         --steps 20 --warmup 3
 
 Prints a markdown table (rows jax, torch), the ratio JAX / PyTorch, and last one JSON line.
+
+`--profile DIR` (JAX only, in this process): the step's parts, each jitted alone on the values the
+step gives it (step_parts: the backbone and the heads forward and backward, the losses, the seed
+with SCG, the certainty filter, CertainMix, the second (mixed) forward and backward, the
+optimiser), with XLA's cost analysis of each (FLOPs of the lowered function, before
+optimisation) and, on a GPU, its time; then `--steps` steps of the whole jitted step under
+jax.profiler.trace(DIR) (open with tensorboard or xprof). On a CPU the table has FLOPs only:
+
+    python bench/train_step.py --backbone resnet50 --crop 128 --batch 8 --profile /tmp/prof
 """
 
 import argparse
@@ -89,6 +98,9 @@ def parse_args(argv=None):
   p.add_argument('--refine_stride', type=int, default=0, help='0: the output stride')
   p.add_argument('--peak_tflops', type=float, default=0.0,
                  help="the device's peak for MFU (0: from the table by device name)")
+  p.add_argument('--profile', default='', metavar='DIR',
+                 help="JAX only: the step's parts (FLOPs; times on a GPU) and a profiler trace "
+                      'written to DIR')
   p.add_argument('--worker', default='', help=argparse.SUPPRESS)
   p.add_argument('--result_file', default='', help=argparse.SUPPRESS)
   args = p.parse_args(argv)
@@ -374,6 +386,214 @@ def worker_main(args):
     json.dump(result, f)
 
 
+# --- --profile: the step's parts ----------------------------------------------------------------
+
+
+def _xla_flops(lowered):
+  """XLA's cost analysis of a lowered (not yet optimised) function: its FLOPs, or None."""
+  try:
+    cost = lowered.cost_analysis()
+  except Exception:  # not every backend reports one
+    return None
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost['flops']) if cost and 'flops' in cost else None
+
+
+def step_parts(config, model, state, batch, use_mix):
+  """[(name, f, args)]: the train step's parts as separate functions, in the order it runs them.
+
+  Each is what train.make_train_step runs for that part, on the values it sees (abstract on the
+  CPU): the backbone and the heads (CAM classifier + DeepLabv3+) in training mode, forward alone
+  and forward with the backward of their parameters (the backward is the difference); the
+  losses of one pass with their gradient; the seed (recursion switch, SCG, certainty filter)
+  and the filter alone; CertainMix; the whole network forward, then with its backward, on the
+  mixed batch; the optimiser's update of the parameters (and EMA).
+  """
+  import flax.linen as nn
+  import jax
+  import jax.numpy as jnp
+  import optax
+
+  from recurseed_jax import method
+  from recurseed_jax import objectives
+  from recurseed_jax import train
+  from recurseed_jax.models import recurseed_net
+
+  params, stats = state.params, state.batch_stats
+  key = jax.random.key(0)
+  backbone = recurseed_net._backbone(model)
+  seg_head = recurseed_net._v3plus_head(model, 'seg_head')
+  classifier = nn.Conv(model.num_classes, (1, 1), use_bias=False, dtype=model.dtype)
+
+  def backbone_fwd(p, x):
+    return backbone.apply({'params': p, 'batch_stats': stats['backbone']}, x, train=True,
+                          mutable=['batch_stats'])[0]
+
+  def heads_fwd(p, high, low):
+    cam = classifier.apply({'params': p['classifier']}, high).astype(jnp.float32)
+    seg = seg_head.apply({'params': p['seg_head'], 'batch_stats': stats['seg_head']}, high, low,
+                         True, mutable=['batch_stats'], rngs={'dropout': key})[0]
+    return dict(cam=cam, logits=jnp.mean(cam, axis=(1, 2)), seg=seg.astype(jnp.float32))
+
+  def with_backward(f, wrt=1):
+    """f's forward and the backward of its first `wrt` arguments (cotangents of ones)."""
+    def run(*args):
+      out, vjp = jax.vjp(lambda *a: f(*a, *args[wrt:]), *args[:wrt])
+      return vjp(jax.tree.map(jnp.ones_like, out))
+    return run
+
+  def network_fwd(p, x):
+    return model.apply({'params': p, 'batch_stats': stats}, x, train=True,
+                       mutable=['batch_stats'], rngs={'dropout': key})[0]
+
+  def share(parts):
+    total, count = parts
+    return total / jnp.maximum(count, 1.0)
+
+  def losses(out, hard, labels):
+    return objectives.supervised_losses(config, out, hard, labels, batch['image'].shape[1:3],
+                                        share)[0]
+
+  def seed(out, images, labels, valid):
+    return objectives.seed_of(config, out, images, labels, valid, state.step)
+
+  def certainty(seed):
+    return method.hard_labels(seed, config.rs.certain, config.rs.uncertain,
+                              valid=batch['valid'])
+
+  def mix(images, hard, labels):
+    m = config.mix
+    return method.mix_batch(key, images, hard, labels, kind=m.kind, class_prob=m.class_prob,
+                            min_area=m.min_area)[:3]
+
+  tx = train.make_optimizer(config.optim, config.train.steps)
+
+  def optimiser(p, grads, opt_state):
+    updates, opt_state = tx.update(grads, opt_state, p)
+    return optax.apply_updates(p, updates), opt_state
+
+  cpu = jax.devices()[0].platform == 'cpu'
+  value = (lambda f, *a: jax.eval_shape(f, *a)) if cpu else (lambda f, *a: jax.jit(f)(*a))
+  images, labels, valid = batch['image'], batch['label'], batch['valid']
+  bp = params['backbone']
+  hp = {'classifier': params['classifier'], 'seg_head': params['seg_head']}
+  feats = value(backbone_fwd, bp, images)
+  out = dict(value(heads_fwd, hp, feats['stage5'], feats['stage2']), features=feats)
+  soft, hard = value(seed, out, images, labels, valid)
+  parts = [
+      ('backbone forward', backbone_fwd, (bp, images)),
+      ('backbone forward + backward', with_backward(backbone_fwd), (bp, images)),
+      ('heads (CAM + DeepLabv3+) forward', heads_fwd, (hp, feats['stage5'], feats['stage2'])),
+      ('heads (CAM + DeepLabv3+) forward + backward', with_backward(heads_fwd, 3),
+       (hp, feats['stage5'], feats['stage2'])),
+      ('losses + their gradient (one pass)', with_backward(losses),
+       ({k: out[k] for k in ('cam', 'logits', 'seg')}, hard, labels)),
+      ('seed: switch + SCG + certainty filter', seed, (out, images, labels, valid)),
+      ('certainty filter', certainty, (soft,)),
+  ]
+  if use_mix:
+    mixed = value(mix, images, hard, labels)
+    parts += [('CertainMix', mix, (images, hard, labels)),
+              ('second (mixed) pass forward', network_fwd, (params, mixed[0])),
+              ('second (mixed) pass forward + backward', with_backward(network_fwd),
+               (params, mixed[0]))]
+  grads = value(lambda p: p, params)
+  parts.append(('optimiser (SGD Nesterov, weight decay)', optimiser,
+                (params, grads, state.opt_state)))
+  return parts
+
+
+def _time_ms(jitted, args, reps):
+  import jax
+  jax.block_until_ready(jitted(*args))  # compile and warm up
+  t = time.perf_counter()
+  for _ in range(reps):
+    out = jitted(*args)
+  jax.block_until_ready(out)
+  return 1000 * (time.perf_counter() - t) / reps
+
+
+def profile_jax(args):
+  """FLOPs (XLA's cost analysis) and, on a GPU, times of the step's parts; a profiler trace."""
+  import jax
+
+  from recurseed_jax import train
+
+  config = make_config(args)
+  num_classes = num_classes_of(args, config)
+  s = train.setup(config, num_classes, 'weak')
+  state = s.init_state()
+  batch = s.put_batch(fake_batch(args, num_classes))
+  gpu = jax.devices()[0].platform != 'cpu'
+  rows = []
+  for name, f, fargs in step_parts(config, s.model, state, batch, args.mix):
+    jitted = jax.jit(f)
+    row = dict(part=name, flops=_xla_flops(jitted.lower(*fargs)))
+    row['ms'] = _time_ms(jitted, fargs, args.steps) if gpu else None
+    rows.append(row)
+  compiled = s.step(args.mix).lower(state, batch).compile()
+  step = dict(part='whole step', flops=_xla_flops(s.step(args.mix).lower(state, batch)))
+  os.makedirs(args.profile, exist_ok=True)
+  state = compiled(state, batch)[0]  # warm (the state is donated: keep the new one)
+  jax.block_until_ready(state)
+  t = time.perf_counter()
+  with jax.profiler.trace(args.profile):
+    for _ in range(args.steps):
+      state, metrics = compiled(state, batch)
+    jax.block_until_ready((state, metrics))
+  step['ms'] = 1000 * (time.perf_counter() - t) / args.steps
+  return dict(device=jax.devices()[0].device_kind, platform=jax.devices()[0].platform,
+              rows=rows, step=step, trace=os.path.abspath(args.profile))
+
+
+def print_profile(args, res):
+  """The parts' table: backward rows as the difference of forward + backward and forward."""
+  by = {r['part']: r for r in res['rows']}
+
+  def diff(a, b, key):
+    if a not in by or b not in by or by[a][key] is None or by[b][key] is None:
+      return None
+    return by[a][key] - by[b][key]
+
+  table = []
+  for r in res['rows']:
+    name = r['part']
+    if name.endswith('forward + backward'):
+      fwd = name.replace(' + backward', '')
+      table.append((name.replace('forward + backward', 'backward'), diff(name, fwd, 'flops'),
+                    diff(name, fwd, 'ms')))
+    elif name == 'seed: switch + SCG + certainty filter':
+      table.append(('seed: switch + SCG (without the filter)',
+                    diff(name, 'certainty filter', 'flops'), diff(name, 'certainty filter', 'ms')))
+    else:
+      table.append((name, r['flops'], r['ms']))
+  gpu = res['platform'] != 'cpu'
+  total = res['step']['flops']
+  times = 2 if args.mix else 1  # the losses run on both passes
+  known = [(f * (times if n.startswith('losses') else 1)) for n, f, _ in table if f is not None]
+  print(f"\nthe step's parts: {args.backbone}, crop {args.crop}, batch {args.batch}, "
+        f"{args.dtype}, mix {'on' if args.mix else 'off'}, on {res['device']}")
+  print('\n| part | GFLOPs | share of the step | ms |')
+  print('|---|---|---|---|')
+  for name, flops, ms in table:
+    share = f'{100 * flops / total:.1f} %' if flops is not None and total else 'n/a'
+    ms_text = f'{ms:.2f}' if ms is not None else 'n/a (needs a GPU)'
+    print(f"| {name} | {_fmt(None if flops is None else flops / 1e9, '.2f')} | {share} | "
+          f'{ms_text} |')
+  step_ms = res['step']['ms']
+  parts_g = sum(known) / 1e9
+  share = f'{100 * sum(known) / total:.1f} %' if total else 'n/a'
+  print(f'| sum of the parts (losses {times}x) | {parts_g:.2f} | {share} | |')
+  total_g = _fmt(None if total is None else total / 1e9, '.2f')
+  print(f"| whole step (jitted, as it trains) | {total_g} | 100 % | {step_ms:.1f}"
+        f"{'' if gpu else ' (CPU)'} |")
+  print(f"\nFLOPs: XLA's cost analysis of each part jitted alone (before optimisation); the step "
+        f"runs the losses twice with mixing and the optimiser once. Profiler trace: "
+        f"{res['trace']} (tensorboard --logdir, or xprof)."
+        + ('' if gpu else ' Per-part times need a GPU (on this CPU only the whole step is timed).'))
+  return table
+
+
 # --- the parent: runs the workers, prints the table ---------------------------------------------
 
 
@@ -430,6 +650,14 @@ def main(argv=None):
   args = parse_args(argv)
   if args.worker:
     worker_main(args)
+    return
+  if args.profile:
+    res = profile_jax(args)
+    table = print_profile(args, res)
+    print(json.dumps(dict(bench='train_step_profile', backbone=args.backbone, crop=args.crop,
+                          batch=args.batch, dtype=args.dtype, mix=args.mix, device=res['device'],
+                          trace=res['trace'], step=res['step'],
+                          parts=[dict(part=n, flops=f, ms=t) for n, f, t in table])))
     return
   argv = list(sys.argv[1:] if argv is None else argv)
   results = []

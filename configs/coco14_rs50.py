@@ -20,4 +20,8 @@ def get_config():
   # steps), recursion and CertainMix from the second epoch on.
   c = common.rs50('coco14', num_classes=80, num_train=NUM_TRAIN, epochs=5, mix_after_epochs=1)
   c.infer.buckets = ((480, 640), (640, 480), (640, 640))  # COCO images are at most 640 a side
+  # XLA plans the val predictions (all 80 classes) at 1.28 GiB per image at the 640 bucket, + 0.50
+  # with the next batch in flight, + 0.15 fixed (the seeds, 18 classes kept: 0.70 + 0.17): 8 ->
+  # 14.4 GiB, within the 18 GiB JAX takes of a 24 GB card by default (docs/inference.md).
+  c.infer.batch_size = 8
   return c

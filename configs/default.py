@@ -167,6 +167,9 @@ def get_config():
   # below 1/510 become 0). The CRF always takes what is stored, so a resumed run gives the same.
   c.infer.seed_dtype = 'float16'
   c.infer.batch_size = 32            # fixed per bucket (last batch padded); a multiple of devices
+  # The network's compute dtype at inference: 'float32' | 'bfloat16' (the parameters, softmax,
+  # resizes and seeds stay float32; how bf16's pseudo masks agree: docs/inference.md).
+  c.infer.dtype = 'float32'
   # (H, W) shapes images are padded to (bottom/right, with a valid size: results as unpadded, see
   # recurseed_jax/infer.py); each image takes the smallest that holds it; one compile per bucket.
   # () = one bucket, the largest image of the split. VOC: ((384, 512), (512, 384), (512, 512)).

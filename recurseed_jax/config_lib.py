@@ -360,6 +360,7 @@ def _validate_inference(config):
   _choice(config.export.mask_format, 'export.mask_format', export.MASK_FORMATS)
   _choice(i.interpolation, 'infer.interpolation', infer.INTERPOLATIONS)
   _choice(i.seed_dtype, 'infer.seed_dtype', infer.SEED_DTYPES)
+  _choice(i.dtype, 'infer.dtype', tuple(models.COMPUTE_DTYPES))
   _choice(config.crf.image, 'crf.image', crf.IMAGE_MODES)
 
 
@@ -376,6 +377,7 @@ def _validate_segmenter(config):
     raise ConfigError(f'config.seg.infer.class_threshold={seg.infer.class_threshold} must lie in '
                       '[0, 1]')
   _choice(seg.infer.interpolation, 'seg.infer.interpolation', infer.INTERPOLATIONS)
+  _choice(seg.infer.dtype, 'seg.infer.dtype', tuple(models.COMPUTE_DTYPES))
   for key, stride in (('seg.model.output_stride', seg.model.output_stride),
                       ('seg.predict_model.output_stride', pred.model.output_stride)):
     if stride not in (8, 16, 32):

@@ -2,8 +2,11 @@
 
 Shapes are static so that nothing compiles per image: each image is padded bottom/right to the
 smallest bucket (config.infer.buckets) that holds it, batches have a fixed size per bucket (the
-last one padded), and `predict` unrolls every scale and the flip, so a split compiles once per
-bucket. Each image's valid size travels with the batch; padding never leaks into its result:
+last one padded), and each part of the step compiles once per bucket. The passes (scales x
+orientations) run one after another, each adding into running sums at the bucket's size that it
+takes donated, so one pass's activations are alive at a time, not all of them (Predictor; the
+one-function form stays as `unrolled=True`). Each image's valid size travels with the batch;
+padding never leaks into its result:
 
 - Multi-scale resize: each image's valid rectangle (h, w) is resized on its own (per-image
   bilinear weights, half-pixel centres, edges clamped, exactly `jax.image.resize` of the image
@@ -17,6 +20,8 @@ bucket. Each image's valid size travels with the batch; padding never leaks into
 - Outputs are resized from their valid cells back to each image's size and are zero past it.
 
 So a padded image gives what the same image gives alone, to float precision (tests/test_infer).
+The network may compute in bfloat16 (config.infer.dtype, step_from_config); its parameters, the
+softmax, every resize (the decoder's too) and the seeds stay float32.
 
 The segmentation head's output reaches the image one of three ways (`interpolation`):
 - 'nearest': the authors' RS+EPM seeds (infer_rsepm.py: same=True, interpolation='nearest'):
@@ -31,6 +36,7 @@ Host side: `run_split` decodes and pads the next batch on a background thread wh
 runs the current one, and shards each batch over the devices when given a sharding.
 """
 
+import functools
 import math
 
 import flax.linen as nn
@@ -40,6 +46,7 @@ import numpy as np
 from tqdm import tqdm
 
 from recurseed_jax import io_utils
+from recurseed_jax import models
 from recurseed_jax import parallel
 from recurseed_jax.models import deeplab
 from recurseed_jax.models import resnet
@@ -261,17 +268,18 @@ def _padding_interceptor(valid_hw, canvas):
     if context.method_name != '__call__' or not args or not _is_map(args[0]):
       return next_fun(*args, **kwargs)
     x = args[0]
-    if isinstance(module, deeplab.Resize):
+    if isinstance(module, deeplab.Resize):  # in float32 whatever the compute dtype
       size = tuple(int(v) for v in args[1])
-      return _resize(x, valid(x), _valid_at(valid_hw, canvas, size), size,
-                     jnp.zeros((x.shape[0],), bool))
+      return _resize(x.astype(jnp.float32), valid(x), _valid_at(valid_hw, canvas, size), size,
+                     jnp.zeros((x.shape[0],), bool)).astype(x.dtype)
     if isinstance(module, deeplab.ASPP) or _spreads(module):
       x = mask(x)
     if isinstance(module, deeplab.ASPP):
       v = valid(x)
       aspp_cells.append((x.shape[1] * x.shape[2]) / (v[:, 0] * v[:, 1]).astype(jnp.float32))
     elif isinstance(module.parent, deeplab.ASPP) and module.name == 'pool':
-      x = x * aspp_cells[-1][:, None, None, None].astype(x.dtype)  # canvas mean -> valid mean
+      # The canvas mean -> the valid mean (in float32 whatever the compute dtype).
+      x = (x.astype(jnp.float32) * aspp_cells[-1][:, None, None, None]).astype(x.dtype)
     out = next_fun(x, *args[1:], **kwargs)
     if isinstance(module.parent, resnet.ResNet) and module.name == 'bn1':
       return mask(out)  # before ReLU and the stem's max pool
@@ -280,22 +288,209 @@ def _padding_interceptor(valid_hw, canvas):
   return interceptor
 
 
-def _seg_to_image(seg, seg_hw, pass_hw, image_hw, canvas, image_size, flips, interpolation):
-  """One pass's segmentation logits -> softmax at the image (see the module docstring)."""
+def _take(x, channels):
+  """x [B,h,w,C]'s channels [B,K] of each image (None: all)."""
+  return x if channels is None else jnp.take_along_axis(x, channels[:, None, None, :], axis=-1)
+
+
+def _seg_to_image(seg, seg_hw, pass_hw, image_hw, canvas, image_size, flips, interpolation,
+                  channels=None):
+  """One pass's segmentation logits -> softmax at the image (see the module docstring); with
+  `channels` [B,K], only those channels of the softmax (over all) travel to the image."""
   if interpolation == 'probs_bilinear':
-    return _resize(jax.nn.softmax(seg, axis=-1), seg_hw, image_hw, image_size, flips)
+    return _resize(_take(jax.nn.softmax(seg, axis=-1), channels), seg_hw, image_hw, image_size,
+                   flips)
   if interpolation == 'nearest':
-    return _resize_nearest2(jax.nn.softmax(seg, axis=-1), seg_hw, pass_hw, image_hw, image_size,
-                            flips)
+    return _resize_nearest2(_take(jax.nn.softmax(seg, axis=-1), channels), seg_hw, pass_hw,
+                            image_hw, image_size, flips)
   if interpolation == 'bilinear':
     logits = _resize(seg, seg_hw, pass_hw, canvas, jnp.zeros_like(flips))
-    return _resize(jax.nn.softmax(logits, axis=-1), pass_hw, image_hw, image_size, flips)
+    return _resize(_take(jax.nn.softmax(logits, axis=-1), channels), pass_hw, image_hw,
+                   image_size, flips)
   raise ValueError(f'config.infer.interpolation must be one of {INTERPOLATIONS}, '
                    f'got {interpolation!r}')
 
 
-def make_predict_fn(model, scales=(1.0,), flip=True, align=32, interpolation='probs_bilinear'):
-  """Returns jitted `predict(variables, images, valid_hw=None) -> dict(cam, seg, class_prob)`.
+def _pass_at_image(model, variables, x, hw, flips, scale, align, interpolation, classes=None):
+  """One pass of every image of x at `scale` (mirrored where `flips`), back at the image.
+
+  Returns the pass's share of the running sums at the bucket's size, zero past each image: seg
+  (softmax [B,H,W,C+1]) and, with a CAM head, cam (relu CAM [B,H,W,C]) and prob (the sigmoid of
+  the class logits [B,C], all classes). With `classes` [B,K] (class indices), seg and cam hold
+  those classes only (seg without its background): what the seeds need of them.
+  """
+  hb, wb = x.shape[1:3]
+  canvas = (_canvas(hb, scale, align), _canvas(wb, scale, align))
+  hw_s = scaled_size(hw, scale)
+  xs = _resize(x, hw, hw_s, canvas, flips)
+  with nn.intercept_methods(_padding_interceptor(hw_s, canvas)):
+    out = model.apply(variables, xs, train=False)
+  has_cam = 'cam' in out
+  cam_hw = _valid_at(hw_s, canvas, out['cam'].shape[1:3]) if has_cam else 0
+  seg_hw = _valid_at(hw_s, canvas, out['seg'].shape[1:3])
+  if cam_hw is None or seg_hw is None:
+    raise ValueError(f'canvas {canvas} is not a multiple of the output strides; '
+                     f'align={align} must be a multiple of the output stride')
+  # Back to the image, un-mirroring the flipped images on the way.
+  res = dict(seg=_seg_to_image(out['seg'], seg_hw, hw_s, hw, canvas, (hb, wb), flips,
+                               interpolation, None if classes is None else classes + 1))
+  if has_cam:
+    cam = out['cam'] * _rect_mask(cam_hw, out['cam'].shape[1:3])
+    logits = cam.sum((1, 2)) / (cam_hw[:, :1] * cam_hw[:, 1:]).astype(jnp.float32)
+    res['cam'] = _resize(jax.nn.relu(_take(cam, classes)), cam_hw, hw, (hb, wb), flips)
+    res['prob'] = jax.nn.sigmoid(logits)
+  return res
+
+
+def _add_at(total, part, index):
+  """total[:, index] + part written in place (total donated): the orientation's running sum."""
+  current = jax.lax.dynamic_index_in_dim(total, index, 1, keepdims=False)
+  return jax.lax.dynamic_update_index_in_dim(total, current + part, index, 1)
+
+
+def _batch_sharding(x):
+  """x's sharding over the batch axis, for arrays of any rank; None for one device (there an
+  explicit placement would only change the compile cache's key)."""
+  s = getattr(x, 'sharding', None)
+  if isinstance(s, jax.sharding.NamedSharding):
+    return jax.sharding.NamedSharding(s.mesh, jax.sharding.PartitionSpec(*s.spec[:1]))
+  return None
+
+
+def _abstract(tree):
+  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), tree)
+
+
+class Predictor:
+  """Multi-scale + flip inference: `predict(variables, images, valid_hw=None) -> dict`.
+
+  Made by make_predict_fn (its docstring says what comes out). The passes run one after another:
+  one jitted function per scale adds its pass into running sums at the bucket's size, [B, O, H,
+  W, C] for O orientations, which it takes donated, so only the sums, the inputs and one pass are
+  ever alive (docs/inference.md, "Memory"). The orientation is an argument: each scale compiles
+  once per bucket and serves both. `classes` [B,K] (class indices, e.g. an image's labels)
+  keeps only those classes' channels from each pass's softmax (over all) and CAM on: the sums and
+  outputs hold K channels, seg without its background (the seeds need no more). `unrolled=True`
+  runs every pass in one jitted function, the orientations side by side in one batch, as
+  before: XLA then plans the passes alive together (bench/infer.py --unrolled compares the
+  two). Both give the same numbers to float precision (tests/test_infer.py).
+  """
+
+  def __init__(self, model, scales, flip, align, interpolation, unrolled=False):
+    if interpolation not in INTERPOLATIONS:
+      raise ValueError(f'config.infer.interpolation must be one of {INTERPOLATIONS}, '
+                       f'got {interpolation!r}')
+    self.model = model
+    self.scales = tuple(float(s) for s in scales)
+    self.orientations = (0, 1) if flip else (0,)
+    self.align, self.interpolation, self.unrolled = align, interpolation, unrolled
+    self._channels = None
+    self._unrolled = jax.jit(self._unrolled_sums)
+    self._passes = {}  # {placement of the sums: {name: jitted pass}}
+    self._mean = jax.jit(self.finish)
+
+  def _contribution(self, variables, x, hw, flips, scale, classes):
+    return _pass_at_image(self.model, variables, x, hw, flips, scale, self.align,
+                          self.interpolation, classes)
+
+  def passes(self, where=None):
+    """{name: jitted pass} of each scale, their sums placed at `where` (a batch sharding).
+
+    The sums keep one placement from the zeros to the last pass, so each pass compiles once.
+    """
+    if where not in self._passes:
+      self._passes[where] = {
+          f'scale {s:g}': jax.jit(functools.partial(self._add_pass, s), donate_argnums=4,
+                                  out_shardings=where) for s in self.scales}
+    return self._passes[where]
+
+  def _add_pass(self, scale, variables, x, hw, orientation, sums, classes):
+    """sums (donated) + the pass at `scale`, as is (orientation 0) or mirrored (1)."""
+    flips = jnp.broadcast_to(orientation == 1, x.shape[:1])
+    res = self._contribution(variables, x, hw, flips, scale, classes)
+    return {k: _add_at(sums[k], res[k], orientation) for k in sums}
+
+  def _unrolled_sums(self, variables, x, hw, classes):
+    b, o = x.shape[0], len(self.orientations)
+    flips = jnp.tile(jnp.asarray(self.orientations) == 1, b)  # each image, then its mirror
+    x, hw = jnp.repeat(x, o, axis=0), jnp.repeat(hw, o, axis=0)
+    classes = None if classes is None else jnp.repeat(classes, o, axis=0)
+    sums = {}
+    for s in self.scales:
+      res = self._contribution(variables, x, hw, flips, s, classes)
+      sums = {k: sums[k] + v if k in sums else v for k, v in res.items()}
+    return {k: v.reshape((b, o) + v.shape[1:]) for k, v in sums.items()}
+
+  def finish(self, sums):
+    """Running sums -> dict(cam, seg, class_prob), the means over the passes (traceable)."""
+    n = len(self.scales) * len(self.orientations)
+
+    def total(v):  # orientation 0 + orientation 1, in the order the one-function form added them
+      return v[:, 0] + v[:, 1] if v.shape[1] == 2 else v[:, 0]
+
+    seg = total(sums['seg']) / n
+    if 'cam' not in sums:  # seg is zero past the valid size, so the max sees the image only
+      return dict(seg=seg, class_prob=jnp.max(seg[..., 1:], axis=(1, 2)))
+    return dict(cam=total(sums['cam']) / n, seg=seg, class_prob=total(sums['prob']) / n)
+
+  def sum_shapes(self, variables, x, classes=None):
+    """{name: ShapeDtypeStruct} of the running sums of a batch like x (and classes)."""
+    if self._channels is None:  # the network's output channels: one trace, no compute
+      out = jax.eval_shape(functools.partial(self.model.apply, train=False), _abstract(variables),
+                           jax.ShapeDtypeStruct((1,) + tuple(x.shape[1:]), jnp.float32))
+      self._channels = {k: out[k].shape[-1] for k in ('seg', 'cam') if k in out}
+    if classes is not None and 'cam' not in self._channels:
+      raise ValueError('classes= needs a network with a CAM head (its class probabilities)')
+    lead = (x.shape[0], len(self.orientations))
+    shapes = {k: lead + tuple(x.shape[1:3]) + (c if classes is None else classes.shape[1],)
+              for k, c in self._channels.items()}
+    if 'cam' in shapes:
+      shapes['prob'] = lead + (self._channels['cam'],)
+    return {k: jax.ShapeDtypeStruct(s, jnp.float32) for k, s in shapes.items()}
+
+  def _valid_hw(self, x, valid_hw):
+    if valid_hw is None:
+      return jnp.broadcast_to(jnp.array(x.shape[1:3], jnp.int32), (x.shape[0], 2))
+    return jnp.asarray(valid_hw, jnp.int32)
+
+  def accumulate(self, variables, x, valid_hw=None, classes=None):
+    """Host: the running sums of every pass over a batch (dispatched, not waited for)."""
+    x = jnp.asarray(x)
+    hw = self._valid_hw(x, valid_hw)
+    if self.unrolled:
+      return self._unrolled(variables, x, hw, classes)
+    where = _batch_sharding(x)
+    sums = {k: jnp.zeros(s.shape, s.dtype, device=where)
+            for k, s in self.sum_shapes(variables, x, classes).items()}
+    for add in self.passes(where).values():
+      for o in self.orientations:
+        sums = add(variables, x, hw, np.int32(o), sums, classes)
+    return sums
+
+  def __call__(self, variables, images, valid_hw=None, classes=None):
+    return self._mean(self.accumulate(variables, images, valid_hw, classes))
+
+  def plan_parts(self, variables, x, hw, classes=None):
+    """[(name, jitted, abstract args)]: what accumulate compiles and runs for a batch like x."""
+    if self.unrolled:
+      return [('passes', self._unrolled, _abstract((variables, x, hw, classes)))]
+    sums = self.sum_shapes(variables, x, classes)
+    o = jax.ShapeDtypeStruct((), jnp.int32)
+    return [(f'pass {name}', f, _abstract((variables, x, hw)) + (o, sums, _abstract(classes)))
+            for name, f in self.passes().items()]
+
+  def jitted(self):
+    return [self._unrolled, self._mean] + [f for fns in self._passes.values() for f in fns.values()]
+
+  def fresh(self):
+    """The same predictor with caches of its own (a step counts its own compilations)."""
+    return Predictor(self.model, self.scales, len(self.orientations) == 2, self.align,
+                     self.interpolation, self.unrolled)
+
+
+def make_predict_fn(model, scales=(1.0,), flip=True, align=32, interpolation='probs_bilinear',
+                    unrolled=False):
+  """Returns `predict(variables, images, valid_hw=None) -> dict(cam, seg, class_prob)`.
 
   images: float [B,H,W,3] normalised, each image's valid part top-left; valid_hw: int [B,2] its
   size (None: the whole array). align: canvas multiple, a multiple of the model's output stride.
@@ -304,55 +499,11 @@ def make_predict_fn(model, scales=(1.0,), flip=True, align=32, interpolation='pr
   of the segmentation head [B,H,W,C+1]; both zero past the valid size. class_prob: mean sigmoid
   of the class logits [B,C]. A network without a CAM (models.DeepLabNet, the multi-stage
   segmenter) gives seg only, and class_prob = the max over the image of each class's mean softmax
-  (METHOD.md section 5).
+  (METHOD.md section 5). A Predictor: the passes run one after another (`unrolled`: all in one
+  jitted function, which XLA plans all alive at once); `predict(..., classes=[B,K])` keeps only
+  those classes in cam and seg (Predictor).
   """
-  scales = tuple(float(s) for s in scales)
-  if interpolation not in INTERPOLATIONS:
-    raise ValueError(f'config.infer.interpolation must be one of {INTERPOLATIONS}, '
-                     f'got {interpolation!r}')
-
-  @jax.jit
-  def predict(variables, images, valid_hw=None):
-    b, hb, wb = images.shape[:3]
-    if valid_hw is None:
-      valid_hw = jnp.broadcast_to(jnp.array([hb, wb], jnp.int32), (b, 2))
-    hw = jnp.asarray(valid_hw, jnp.int32)
-    x, flips = images, jnp.zeros((b,), bool)
-    if flip:  # both orientations in one batch: one model call per scale
-      x, hw = jnp.concatenate([x, x]), jnp.concatenate([hw, hw])
-      flips = jnp.concatenate([flips, ~flips])
-    cams, segs, probs = 0.0, 0.0, 0.0
-    for s in scales:
-      canvas = (_canvas(hb, s, align), _canvas(wb, s, align))
-      hw_s = scaled_size(hw, s)
-      xs = _resize(x, hw, hw_s, canvas, flips)
-      with nn.intercept_methods(_padding_interceptor(hw_s, canvas)):
-        out = model.apply(variables, xs, train=False)
-      has_cam = 'cam' in out
-      cam_hw = _valid_at(hw_s, canvas, out['cam'].shape[1:3]) if has_cam else 0
-      seg_hw = _valid_at(hw_s, canvas, out['seg'].shape[1:3])
-      if cam_hw is None or seg_hw is None:
-        raise ValueError(f'canvas {canvas} is not a multiple of the output strides; '
-                         f'align={align} must be a multiple of the output stride')
-      # Back to the image, un-mirroring the flipped half on the way.
-      segs = segs + _seg_to_image(out['seg'], seg_hw, hw_s, hw, canvas, (hb, wb), flips,
-                                  interpolation)
-      if has_cam:
-        cam = out['cam'] * _rect_mask(cam_hw, out['cam'].shape[1:3])
-        logits = cam.sum((1, 2)) / (cam_hw[:, :1] * cam_hw[:, 1:]).astype(jnp.float32)
-        cams = cams + _resize(jax.nn.relu(cam), cam_hw, hw, (hb, wb), flips)
-        probs = probs + jax.nn.sigmoid(logits)
-    n = len(scales) * (2 if flip else 1)
-    if flip:
-      segs = segs[:b] + segs[b:]
-    if not has_cam:  # seg is zero past the valid size, so the max sees the image only
-      segs = segs / n
-      return dict(seg=segs, class_prob=jnp.max(segs[..., 1:], axis=(1, 2)))
-    if flip:
-      cams, probs = cams[:b] + cams[b:], probs[:b] + probs[b:]
-    return dict(cam=cams / n, seg=segs / n, class_prob=probs / n)
-
-  return predict
+  return Predictor(model, scales, flip, align, interpolation, unrolled)
 
 
 def _normalise_images(images, mean, std):
@@ -360,43 +511,138 @@ def _normalise_images(images, mean, std):
   return (images.astype(jnp.float32) / 255.0 - mean) / std
 
 
-def make_infer_step(predict, mean, std, class_threshold=0.34, num_kept=None):
-  """Returns jitted `step(variables, images, valid_hw, labels) -> dict` of per-image products.
+class Step:
+  """`step(variables, images, valid_hw, labels) -> dict` of per-image products, in jitted parts.
 
-  images: uint8 [B,H,W,3] padded; valid_hw int [B,2]; labels float [B,C] (classes kept: the
-  image labels) or None (classes kept: mean probability >= class_threshold).
+  The normalisation (and `classes_of(labels)`: the classes the passes keep, or None for all),
+  the passes (Predictor.accumulate), then `products(out, labels)` of the mean outputs. Every part
+  compiles once per bucket (and per labels / no labels); `_cache_size()` is the most
+  compilations of any part, `compilations()` their total; the step's predictor is its own copy,
+  so the counts are this step's. Made by make_infer_step and make_segmenter_step.
+  """
+
+  def __init__(self, predict, mean, std, products, classes_of=None):
+    self.predict = predict = predict.fresh()
+    mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+
+    def prepare(images, labels):
+      keep = None if labels is None or classes_of is None else classes_of(labels)
+      return _normalise_images(images, mean, std), keep
+
+    self._prepare = jax.jit(prepare)
+    self._products = jax.jit(lambda sums, labels: products(predict.finish(sums), labels))
+
+  def __call__(self, variables, images, valid_hw, labels):
+    x, classes = self._prepare(images, labels)
+    sums = self.predict.accumulate(variables, x, valid_hw, classes)
+    del x  # freed once the last pass has read it
+    return self._products(sums, labels)
+
+  def _jitted(self):
+    return [self._prepare, self._products] + self.predict.jitted()
+
+  def _cache_size(self):
+    return max(f._cache_size() for f in self._jitted())
+
+  def compilations(self):
+    return sum(f._cache_size() for f in self._jitted())
+
+  def plan_parts(self, variables, images, valid_hw, labels):
+    """[(name, jitted, abstract args, the step inputs among them)] of a batch like these, in the
+    order they run."""
+    x, classes = jax.eval_shape(self._prepare, *_abstract((images, labels)))
+    sums = (jax.eval_shape(self.predict._unrolled, *_abstract((variables, x, valid_hw, classes)))
+            if self.predict.unrolled else self.predict.sum_shapes(variables, x, classes))
+    passes = [p + (('variables', 'valid_hw'),)
+              for p in self.predict.plan_parts(variables, x, valid_hw, classes)]
+    return ([('normalise', self._prepare, _abstract((images, labels)), ('images', 'labels'))] +
+            passes + [('products', self._products, (sums, _abstract(labels)), ('labels',))])
+
+
+def _nbytes(tree):
+  return sum(math.prod(a.shape) * np.dtype(a.dtype).itemsize for a in jax.tree.leaves(tree))
+
+
+def memory_plan(step, variables, images, valid_hw, labels):
+  """XLA's memory plan of a Step for a batch like these (arrays or ShapeDtypeStructs).
+
+  Compiles each part ahead of time (nothing runs) and reads compiled.memory_analysis(). Returns
+  [dict(part, temp, argument, output, alias, held, live)] in bytes, in running order: held is
+  what the step's other inputs take meanwhile (the caller keeps them), live = argument + output
+  - alias (donated buffers reused) + temp + held, the part's peak. The step's plan is the part
+  with the largest live.
+  """
+  inputs = dict(variables=variables, images=images, valid_hw=valid_hw, labels=labels)
+  rows = []
+  for name, jitted, args, takes in step.plan_parts(variables, images, valid_hw, labels):
+    m = jitted.lower(*args).compile().memory_analysis()
+    held = sum(_nbytes(v) for k, v in inputs.items() if k not in takes)
+    row = dict(part=name, temp=m.temp_size_in_bytes, argument=m.argument_size_in_bytes,
+               output=m.output_size_in_bytes, alias=m.alias_size_in_bytes, held=held)
+    row['live'] = row['argument'] + row['output'] - row['alias'] + row['temp'] + held
+    rows.append(row)
+  return rows
+
+
+def kept_order(keep, num_kept):
+  """[B,K] class indices: the kept classes first (stable: in class order), then the others, so
+  K channels hold every kept class."""
+  return jnp.argsort(keep <= 0, axis=-1, stable=True)[:, :num_kept]
+
+
+def _seed_products(out, labels, class_threshold, num_kept):
+  """make_infer_step's products of the mean outputs (its docstring). With labels, the passes
+  kept the classes of kept_order already (Step's classes_of)."""
+  keep = keep_classes(out['class_prob'], labels, class_threshold)
+  if num_kept is None:
+    return dict(class_prob=out['class_prob'], keep=keep > 0,
+                pred=segmentation_label_map(out['seg'], keep))
+  order = kept_order(keep, num_kept)
+  kept = jnp.take_along_axis(keep, order, axis=-1)
+  cam, seg = out['cam'], out['seg']
+  if labels is None:  # kept by threshold: the passes kept every class
+    cam, seg = _take(cam, order), _take(seg[..., 1:], order)
+  return dict(class_prob=out['class_prob'], classes=jnp.where(kept > 0, order, -1).astype(
+      jnp.int32), cam=normalized_scores(cam, kept), seg=normalized_scores(seg, kept))
+
+
+def make_infer_step(predict, mean, std, class_threshold=0.34, num_kept=None):
+  """Returns `step(variables, images, valid_hw, labels) -> dict` of per-image products (a Step).
+
+  predict: a make_predict_fn Predictor. images: uint8 [B,H,W,3] padded; valid_hw int [B,2];
+  labels float [B,C] (classes kept: the image labels) or None (classes kept: mean probability >=
+  class_threshold).
   Returns class_prob [B,C] and, with num_kept None (predictions): keep bool [B,C] and pred uint8
   [B,H,W] (argmax over background + kept classes); with num_kept = K (seeds): classes int32
   [B,K] (the kept class indices in order, then -1) and float32 [B,H,W,K] seeds of those classes,
   `cam` (max-normalised CAM) and `seg` (max-normalised segmentation softmax: the authors' seed).
   Seeds stay float here; the host stores them (encode_seed) and hands the CRF what it stored.
   """
-  mean = np.asarray(mean, np.float32)
-  std = np.asarray(std, np.float32)
+  products = functools.partial(_seed_products, class_threshold=class_threshold,
+                               num_kept=num_kept)
+  classes_of = None if num_kept is None else functools.partial(kept_order, num_kept=num_kept)
+  return Step(predict, mean, std, products, classes_of)
 
-  @jax.jit
-  def step(variables, images, valid_hw, labels):
-    out = predict(variables, _normalise_images(images, mean, std), valid_hw)
-    keep = keep_classes(out['class_prob'], labels, class_threshold)
-    if num_kept is None:
-      return dict(class_prob=out['class_prob'], keep=keep > 0,
-                  pred=segmentation_label_map(out['seg'], keep))
-    # Kept classes first (stable: in class order), so K channels hold all of them.
-    order = jnp.argsort(keep <= 0, axis=-1, stable=True)[:, :num_kept]
-    classes = jnp.where(jnp.take_along_axis(keep, order, axis=-1) > 0, order, -1)
 
-    def take(scores):
-      return jnp.take_along_axis(scores, order[:, None, None, :], axis=-1)
-
-    return dict(class_prob=out['class_prob'], classes=classes.astype(jnp.int32),
-                cam=take(normalized_scores(out['cam'], keep)),
-                seg=take(normalized_scores(out['seg'][..., 1:], keep)))
-
-  return step
+def _segmenter_products(out, labels, class_threshold, max_classes):
+  """make_segmenter_step's products of the mean softmax (its docstring)."""
+  del labels
+  seg = out['seg']
+  peak = jnp.max(seg, axis=(1, 2))  # [B, C+1]; seg is zero past the valid size
+  keep = peak >= class_threshold
+  k = min(int(max_classes), seg.shape[-1])
+  order = jnp.argsort(jnp.where(keep, -peak, 1.0), axis=-1, stable=True)[:, :k]
+  kept = jnp.take_along_axis(keep, order, axis=-1)
+  channels = jnp.where(kept, order, -1).astype(jnp.int32)
+  probs = jnp.take_along_axis(seg, order[:, None, None, :], axis=-1) * kept[:, None, None]
+  best = jnp.argmax(jnp.where(kept[:, None, None], probs, -1.0), axis=-1)
+  pred = jnp.take_along_axis(jnp.maximum(channels, 0), best.reshape(best.shape[0], -1), axis=-1)
+  return dict(class_prob=peak[:, 1:], channels=channels, probs=probs,
+              pred=pred.reshape(best.shape).astype(jnp.uint8))
 
 
 def make_segmenter_step(predict, mean, std, class_threshold=0.05, max_classes=8):
-  """Returns jitted `step(variables, images, valid_hw, labels) -> dict` for the segmenter.
+  """Returns `step(variables, images, valid_hw, labels) -> dict` for the segmenter (a Step).
 
   The multi-stage prediction as the authors make it (infer_seg.py, then their CRF script): every
   label, background included, whose mean softmax reaches `class_threshold` somewhere in the image
@@ -406,41 +652,25 @@ def make_segmenter_step(predict, mean, std, class_threshold=0.05, max_classes=8)
   over the kept labels (the product without CRF). class_prob [B,C]: each class's max
   probability. `labels` is ignored (the same call as make_infer_step's, so run_split drives both).
   """
-  mean = np.asarray(mean, np.float32)
-  std = np.asarray(std, np.float32)
-
-  @jax.jit
-  def step(variables, images, valid_hw, labels):
-    del labels
-    out = predict(variables, _normalise_images(images, mean, std), valid_hw)
-    seg = out['seg']
-    peak = jnp.max(seg, axis=(1, 2))  # [B, C+1]; seg is zero past the valid size
-    keep = peak >= class_threshold
-    k = min(int(max_classes), seg.shape[-1])
-    order = jnp.argsort(jnp.where(keep, -peak, 1.0), axis=-1, stable=True)[:, :k]
-    kept = jnp.take_along_axis(keep, order, axis=-1)
-    channels = jnp.where(kept, order, -1).astype(jnp.int32)
-    probs = jnp.take_along_axis(seg, order[:, None, None, :], axis=-1) * kept[:, None, None]
-    best = jnp.argmax(jnp.where(kept[:, None, None], probs, -1.0), axis=-1)
-    pred = jnp.take_along_axis(jnp.maximum(channels, 0), best.reshape(best.shape[0], -1), axis=-1)
-    return dict(class_prob=peak[:, 1:], channels=channels, probs=probs,
-                pred=pred.reshape(best.shape).astype(jnp.uint8))
-
-  return step
+  return Step(predict, mean, std, functools.partial(
+      _segmenter_products, class_threshold=class_threshold, max_classes=max_classes))
 
 
-def step_from_config(config, model, num_kept=None, segmenter=False):
+def step_from_config(config, model, num_kept=None, segmenter=False, unrolled=False):
   """The step a stage runs: make_infer_step (seeds with num_kept = K, else predictions) or, for
-  the multi-stage segmenter, make_segmenter_step; scales, flip, interpolation from config.infer."""
+  the multi-stage segmenter, make_segmenter_step; scales, flip, interpolation from config.infer,
+  and the network computes in config.infer.dtype (its parameters, the softmax, the resizes and
+  the products stay float32). `unrolled`: every pass in one jitted function (the memory
+  comparison of bench/infer.py)."""
+  model = model.clone(dtype=models.COMPUTE_DTYPES[config.infer.dtype])
   predict = make_predict_fn(model, config.infer.scales, config.infer.flip,
                             align=config.model.output_stride,
-                            interpolation=config.infer.interpolation)
+                            interpolation=config.infer.interpolation, unrolled=unrolled)
   if segmenter:
     return make_segmenter_step(predict, config.data.mean, config.data.std,
                                config.infer.class_threshold, config.seg.max_classes)
   return make_infer_step(predict, config.data.mean, config.data.std, config.infer.class_threshold,
                          num_kept)
-
 
 # --- host side: buckets, batches, the loop -----------------------------------------------------
 def pick_bucket(size, buckets):

@@ -294,6 +294,65 @@ def test_padded_image_matches_image_alone():
     np.testing.assert_allclose(out['class_prob'][j], ref['class_prob'][0], atol=1e-6)
 
 
+@pytest.mark.parametrize('interpolation', infer.INTERPOLATIONS)
+def test_passes_in_sequence_match_one_function(interpolation):
+  """One pass at a time into donated running sums gives what every pass in one function gives
+  (padded images; the flip's batch differs, so the last bit may)."""
+  model, variables = _model_and_variables()
+  rng = np.random.default_rng(11)
+  canvas = rng.normal(size=(2, 40, 40, 3)).astype(np.float32)
+  hw = np.array([[32, 16], [27, 21]], np.int32)
+  outs = [jax.device_get(infer.make_predict_fn(model, SCALES, True, 8, interpolation, unrolled=u)(
+      variables, jnp.asarray(canvas), hw)) for u in (False, True)]
+  for key in ('cam', 'seg', 'class_prob'):
+    ref = outs[1][key]
+    np.testing.assert_allclose(outs[0][key], ref, rtol=0, atol=1e-6 * np.abs(ref).max(),
+                               err_msg=key)
+
+
+def test_predict_keeps_the_classes_asked_for():
+  """classes=[B,K] keeps those classes' channels only (the seeds step keeps the labels'): the
+  same values as taking them from every class's outputs."""
+  model, variables = _model_and_variables()
+  x = jnp.asarray(_images(2, seed=12))
+  predict = _predict(SCALES, True, 8)
+  classes = np.array([[3, 0], [1, 4]], np.int32)
+  full = jax.device_get(predict(variables, x))
+  kept = jax.device_get(predict(variables, x, classes=jnp.asarray(classes)))
+  take = np.take_along_axis
+  np.testing.assert_allclose(kept['cam'], take(full['cam'], classes[:, None, None], -1),
+                             rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(kept['seg'], take(full['seg'], classes[:, None, None] + 1, -1),
+                             rtol=1e-6, atol=1e-7)
+  np.testing.assert_array_equal(kept['class_prob'], full['class_prob'])
+
+
+def test_memory_plan_keeps_one_pass_alive():
+  """XLA's plan: the step's largest part needs less than the one-function step's largest scale
+  alone (both orientations), far less than all scales in one function; every pass writes into
+  the donated running sums."""
+  model, variables = _model_and_variables()
+  b, hb, wb = 2, 48, 64
+  sd = jax.ShapeDtypeStruct
+  batch = (sd((b, hb, wb, 3), jnp.uint8), sd((b, 2), jnp.int32), sd((b, NUM_CLASSES), jnp.float32))
+  scales = (1.0, 0.5, 1.5, 2.0)
+
+  def temps(scales, unrolled):
+    step = infer.make_infer_step(infer.make_predict_fn(model, scales, True, 8, 'nearest',
+                                                       unrolled), (0.5,) * 3, (0.25,) * 3, 0.34, 2)
+    return infer.memory_plan(step, variables, *batch)
+
+  seq, one, largest = temps(scales, False), temps(scales, True), temps((2.0,), True)
+  passes = [r for r in seq if r['part'].startswith('pass')]
+  assert [r['part'] for r in passes] == ['pass scale 1', 'pass scale 0.5', 'pass scale 1.5',
+                                         'pass scale 2']
+  sums = 4 * b * 2 * (hb * wb * 2 * 2 + NUM_CLASSES)  # seg, cam: the 2 kept classes; prob: all
+  assert all(r['alias'] == sums and 0 <= r['output'] - sums < 64 for r in passes)  # + a tuple
+  peak = max(r['temp'] for r in seq)
+  assert peak < max(r['temp'] for r in largest) < max(r['temp'] for r in one)
+  assert max(seq, key=lambda r: r['temp'])['part'] == 'pass scale 2'
+
+
 def test_host_seed_matches_jax():
   rng = np.random.default_rng(9)
   q = rng.integers(0, 256, (6, 7, 3)).astype(np.uint8)

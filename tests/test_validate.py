@@ -30,6 +30,8 @@ def test_default_config_is_valid():
     ({'data.crop_size': 60}, 'data.crop_size'),       # 60 is no multiple of output stride 8
     ({'data.crop_size': 72, 'rs.refine_stride': 16}, 'data.crop_size'),
     ({'infer.scales': ()}, 'infer.scales'),
+    ({'infer.dtype': 'float16'}, 'infer.dtype'),       # models.COMPUTE_DTYPES only
+    ({'seg.infer.dtype': 'bf16'}, 'seg.infer.dtype'),
     ({'train.steps': 0}, 'train.steps'),
     ({'export.report_per_group': -1}, 'export.report_per_group'),
     ({'export.report_fixed': -1}, 'export.report_fixed'),
