@@ -69,9 +69,9 @@ def build_index(filepaths):
 def load_index(index_path, filepaths):
   """The split's index from `index_path`, built and saved there (atomically) on first use."""
   if os.path.exists(index_path):
-    with np.load(index_path, allow_pickle=False) as z:
-      if int(z['version']) == INDEX_VERSION:
-        return {k: z[k] for k in z.files}
+    index = io_utils.load_npz(index_path)
+    if int(index['version']) == INDEX_VERSION:
+      return index
   index = build_index(filepaths)
   if index is None:
     raise ValueError(f'the records {", ".join(map(str, filepaths))} hold no example')

@@ -181,7 +181,6 @@ def load_split(root, split):
   path = os.path.join(root, f'{split}.npz')
   if not os.path.exists(path):
     raise FileNotFoundError(f'synthetic split {split!r} not found: {path} (run the data stage)')
-  with np.load(path, allow_pickle=False) as z:
-    out = {k: z[k] for k in ('images', 'masks', 'labels')}
+  out = io_utils.load_npz(path, ('images', 'masks', 'labels'))
   out['ids'] = [f'{split}_{i:05d}' for i in range(len(out['images']))]
   return out

@@ -88,8 +88,21 @@ def save_npz(path, **arrays):
       np.savez(f, **arrays)
 
 
+# np.load parses each array's header with ast.literal_eval, and CPython 3.11's AST constructor
+# keeps its recursion depth in shared state: two threads parsing at once can fail with
+# "SystemError: AST constructor recursion depth mismatch" (python/cpython#106905; seen on CI when
+# evaluate's thread pool read seed files). Every .npz read goes through this lock.
+_NPZ_LOCK = threading.Lock()
+
+
+def load_npz(path, keys=None):
+  """{name: array} of an .npz file (all arrays, or `keys`); pickles are refused (data, not code)."""
+  with _NPZ_LOCK, np.load(path, allow_pickle=False) as z:
+    return {k: z[k] for k in (z.files if keys is None else keys)}
+
+
 def save_npz_compressed(path, **arrays):
-  """Like save_npz, deflated (smooth uint8 seeds shrink several fold); load with np.load."""
+  """Like save_npz, deflated (smooth uint8 seeds shrink several fold); load with load_npz."""
   with atomic_path(path) as tmp:
     with open(tmp, 'wb') as f:
       np.savez_compressed(f, **arrays)

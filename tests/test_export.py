@@ -56,10 +56,31 @@ def test_atomic_path_removes_temp_on_error(tmp_path):
   io_utils.save_json(target, {'a': 1})
   io_utils.atomic_write_bytes(tmp_path / 'b.bin', b'\x00\x01')
   io_utils.save_npz(tmp_path / 'c.npz', a=np.arange(3))
-  np.testing.assert_array_equal(np.load(tmp_path / 'c.npz')['a'], np.arange(3))
+  np.testing.assert_array_equal(io_utils.load_npz(tmp_path / 'c.npz')['a'], np.arange(3))
   assert target.read_text().strip().startswith('{')
   assert (tmp_path / 'b.bin').read_bytes() == b'\x00\x01'
   assert sorted(os.listdir(tmp_path)) == ['b.bin', 'c.npz', 'x.json']
+
+
+def test_load_npz_from_many_threads(tmp_path):
+  """load_npz reads whole files or chosen keys, refuses pickles, and is safe from a thread pool
+  (its lock serialises np.load's header parsing, which CPython 3.11 breaks under threads)."""
+  import concurrent.futures as cf
+  path = tmp_path / 's.npz'
+  io_utils.save_npz_compressed(path, a=np.arange(6, dtype=np.float16).reshape(2, 3), b=np.ones(2))
+  with cf.ThreadPoolExecutor(8) as pool:
+    outs = list(pool.map(lambda _: io_utils.load_npz(path), range(200)))
+  assert all(sorted(o) == ['a', 'b'] and o['a'].dtype == np.float16 for o in outs)
+  np.testing.assert_array_equal(outs[-1]['a'], np.arange(6).reshape(2, 3))
+  assert list(io_utils.load_npz(path, ('b',))) == ['b']
+  np.save(tmp_path / 'o.npy', np.array([{'x': 1}], dtype=object))
+  with open(tmp_path / 'o.npy', 'rb') as f:
+    payload = f.read()
+  import zipfile
+  with zipfile.ZipFile(tmp_path / 'p.npz', 'w') as z:
+    z.writestr('o.npy', payload)
+  with pytest.raises(ValueError, match='pickle'):
+    io_utils.load_npz(tmp_path / 'p.npz')
 
 
 def test_write_overlays(tmp_path):

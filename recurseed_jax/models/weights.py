@@ -85,8 +85,8 @@ def read_state_dict(path: str) -> Dict[str, np.ndarray]:
 
 def _read_npz(path: str) -> Dict[str, np.ndarray]:
   try:
-    with np.load(path, allow_pickle=False) as data:
-      return {k: np.asarray(data[k]) for k in data.files}
+    from recurseed_jax import io_utils
+    return io_utils.load_npz(path)
   except ValueError as e:
     if 'pickle' in str(e) or 'Object arrays' in str(e):
       raise UnsafeCheckpointError(

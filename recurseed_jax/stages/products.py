@@ -20,7 +20,7 @@ import concurrent.futures as cf
 import os
 import zipfile
 
-import numpy as np
+from recurseed_jax import io_utils
 
 # (workdir subfolder, supervision, config.train switch or None): the RecurSeed network, the
 # plain-CAM baseline (classification loss only) and the fully supervised upper bound.
@@ -90,8 +90,7 @@ def load_seed(ctx, image_id):
   if not os.path.exists(path):
     raise FileNotFoundError(f'missing seeds {path}: run the seeds stage (--stages=seeds,crf)')
   try:
-    with np.load(path, allow_pickle=False) as z:  # data, never code: pickles are refused
-      return {k: z[k] for k in z.files}
+    return io_utils.load_npz(path)
   except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
     raise ValueError(f'seeds {path} cannot be read ({e}); delete it and rerun the seeds stage '
                      '(--stages=seeds,crf)') from e
