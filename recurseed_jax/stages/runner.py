@@ -121,19 +121,22 @@ def link_stages(src_workdir, ctx, names):
 
 
 def finalize_summary(ctx):
-  """Adds per-stage seconds to summary.json (if the evaluation exists) and returns it."""
+  """Adds per-stage seconds (and their sum) to summary.json (if the evaluation exists) and returns it."""
   path = ctx.path('summary.json')
   if not os.path.exists(path):
     return None
   with open(path) as f:
     summary = json.load(f)
+  # Stages that ran overlapped (seeds+crf) share one wall time: one entry, counted once.
   seconds = {}
   for name in STAGES:
     marker = marker_path(ctx, name)
     if os.path.exists(marker):
       with open(marker) as f:
-        seconds[name] = json.load(f)['seconds']
+        m = json.load(f)
+      seconds[m.get('overlapped', name)] = m['seconds']
   summary['seconds'] = seconds
+  summary['seconds_total'] = round(sum(seconds.values()), 2)
   summary['devices'] = jax.device_count()
   io_utils.save_json(path, summary)
   return summary

@@ -54,7 +54,10 @@ def test_every_loader_in_the_code_refuses_pickles():
         assert name in kw and isinstance(kw[name], ast.Constant) and kw[name].value is value, (
             f'{where}: {".".join(key)} without {name}={value}')
         calls.append(where)
-  assert len(calls) >= 4, calls  # the seeds, weights, synthetic and records readers at least
+  # One .npz reader (io_utils.load_npz: seeds, weights, synthetic data, record indices) and the
+  # torch checkpoint reader at least.
+  assert any(c.startswith('recurseed_jax/io_utils.py') for c in calls), calls
+  assert len(calls) >= 2, calls
 
 
 class Payload:
