@@ -1,6 +1,7 @@
 """JAX's persistent compilation cache: a rerun or resume of the same config compiles nothing.
 
-config.compilation_cache: '' (the default) puts it in the per-user cache folder,
+config.compilation_cache: '' (the default) puts it in $RECURSEED_COMPILATION_CACHE when that is
+set (a cluster's shared folder; the test suite's session folder), else the per-user cache folder,
 $XDG_CACHE_HOME/recurseed_jax/xla or ~/.cache/recurseed_jax/xla; 'off' disables it; anything
 else is the folder. Every compiled program is kept (no minimum compile time or size): the
 seeds step and the training step take tens of seconds to a few minutes each to compile, and a
@@ -13,6 +14,7 @@ import os
 import jax
 
 OFF = 'off'
+ENV = 'RECURSEED_COMPILATION_CACHE'  # the default folder, when set
 
 
 def cache_folder(setting=''):
@@ -20,6 +22,7 @@ def cache_folder(setting=''):
   setting = str(setting or '').strip()
   if setting.lower() == OFF:
     return None
+  setting = setting or os.environ.get(ENV, '').strip()
   if setting:
     return os.path.abspath(os.path.expanduser(setting))
   base = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')

@@ -12,6 +12,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_cache_folder(monkeypatch, tmp_path):
+  monkeypatch.setenv(compile_cache.ENV, str(tmp_path / 'shared'))
+  assert compile_cache.cache_folder('') == str(tmp_path / 'shared')
+  assert compile_cache.cache_folder(str(tmp_path / 'mine')) == str(tmp_path / 'mine')
+  monkeypatch.delenv(compile_cache.ENV)
   monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'xdg'))
   assert compile_cache.cache_folder('') == str(tmp_path / 'xdg' / 'recurseed_jax' / 'xla')
   monkeypatch.delenv('XDG_CACHE_HOME')
