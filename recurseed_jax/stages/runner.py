@@ -121,7 +121,7 @@ def link_stages(src_workdir, ctx, names):
 
 
 def finalize_summary(ctx):
-  """Adds per-stage seconds (and their sum) to summary.json (if the evaluation exists) and returns it."""
+  """Adds per-stage seconds and their sum to summary.json (if the evaluation exists); returns it."""
   path = ctx.path('summary.json')
   if not os.path.exists(path):
     return None
