@@ -35,6 +35,7 @@ from pydensecrf import densecrf as dcrf
 from pydensecrf import utils as crf_utils
 from torch.nn import functional as F
 
+from bench import fitted_seeds
 from data_pipeline import splits
 from recurseed_jax import crf
 from recurseed_jax import infer
@@ -60,30 +61,7 @@ FITTED_LOGIT = 6.0  # fitted last layer: object pixels get logits of about +-thi
 @functools.lru_cache(maxsize=None)
 def _scenes():
   """Images (uint8, odd sizes) with 2-3 textured objects each, their class maps and labels."""
-  rng = np.random.default_rng(0)
-  images, maps, labels = [], [], []
-  for k, (h, w) in enumerate(SIZES):
-    yy, xx = np.mgrid[:h, :w] / np.array([h, w])[:, None, None]
-    base = rng.uniform(60, 180, 3)
-    img = base + 50 * np.stack([np.sin(3 * xx + c) * np.cos(2 * yy - c) for c in range(3)], -1)
-    cls = np.zeros((h, w), np.int64)
-    for j, c in enumerate(rng.choice(C, 2 + k % 2, replace=False)):
-      cy, cx = rng.uniform(0.25, 0.75, 2)
-      ry, rx = rng.uniform(0.12, 0.25, 2)
-      inside = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 < 1
-      if j == 1:  # a box, for straight edges
-        inside = (np.abs(yy - cy) < ry) & (np.abs(xx - cx) < rx)
-      colour = np.array([[220, 40, 40], [40, 200, 60], [50, 60, 230], [230, 200, 40]])[c]
-      stripes = 30 * np.sin(40 * (xx + (c + 1) * yy))[..., None]
-      img = np.where(inside[..., None], colour + stripes, img)
-      cls[inside] = c + 1
-    img = img + rng.normal(0, 6, img.shape)
-    images.append(np.clip(img, 0, 255).astype(np.uint8))
-    maps.append(cls)
-    label = np.zeros(C, np.float32)
-    label[np.unique(cls[cls > 0]) - 1] = 1
-    labels.append(label)
-  return images, maps, np.stack(labels)
+  return fitted_seeds.scenes(SIZES, C)
 
 
 def _normalised(image):
