@@ -184,12 +184,12 @@ def test_pipeline_on_2_processes_equals_1_process(tmp_path):
   # float16 step apart, and a pixel whose classes are that close can flip in the masks made from
   # them (measured: at most 1 pixel of one random walk + CRF mask in 5 runs). Masks and
   # predictions: at most 1 % of the files differ, in at most 0.1 % of all their pixels.
-  pngs = [k for k in a if k.endswith('.png')]
-  differ = [k for k in pngs if not same(k)]
-  flipped = sum(int((io_utils.load_mask_png(a[k]) != io_utils.load_mask_png(b[k])).sum())
-                for k in differ)
-  pixels = sum(io_utils.load_mask_png(a[k]).size for k in pngs)
-  assert len(differ) <= 0.01 * len(pngs) + 1 and flipped <= 1e-3 * pixels, (differ, flipped)
+  masks = {k: (io_utils.load_mask_png(a[k]), io_utils.load_mask_png(b[k]))
+           for k in a if k.endswith('.png')}
+  differ = [k for k in masks if not same(k)]
+  flipped = sum(int((masks[k][0] != masks[k][1]).sum()) for k in differ)
+  pixels = sum(x.size for x, _ in masks.values())
+  assert len(differ) <= 0.01 * len(masks) + 1 and flipped <= 1e-3 * pixels, (differ, flipped)
   seeds = [_seed_differences(a[k], b[k]) for k in a if k.endswith('.npz')]
   differing, values = sum(d for d, _, _ in seeds), sum(n for _, n, _ in seeds)
   assert differing <= 0.01 * values and max(s for _, _, s in seeds) <= 1.0, seeds

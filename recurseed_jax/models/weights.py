@@ -48,6 +48,8 @@ import flax
 import jax
 import numpy as np
 
+from recurseed_jax import io_utils
+
 KINDS = ('imagenet', 'rsepm', 'deeplab', 'affinity')
 INIT_FORMS = "'scratch', 'imagenet:<path>', 'rsepm:<path>', 'deeplab:<path>' or 'affinity:<path>'"
 META_FILE = 'import.json'
@@ -85,7 +87,6 @@ def read_state_dict(path: str) -> Dict[str, np.ndarray]:
 
 def _read_npz(path: str) -> Dict[str, np.ndarray]:
   try:
-    from recurseed_jax import io_utils
     return io_utils.load_npz(path)
   except ValueError as e:
     if 'pickle' in str(e) or 'Object arrays' in str(e):
@@ -380,7 +381,6 @@ def save_converted(directory: str, kind: str, variables: Dict[str, Any], report:
                    source: str = '') -> None:
   """Writes the imported leaves (only those) as an Orbax checkpoint plus import.json."""
   from recurseed_jax import checkpoint
-  from recurseed_jax import io_utils
   directory = os.path.abspath(directory)
   if os.path.isdir(directory) and os.listdir(directory):
     raise FileExistsError(f'{directory} exists and is not empty; remove it or pick another --dst')

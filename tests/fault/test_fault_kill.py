@@ -197,11 +197,6 @@ def _metrics(path):
     return [{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS} for line in f]
 
 
-def _npz(path):
-  with np.load(path, allow_pickle=False) as z:
-    return {k: z[k] for k in z.files}
-
-
 def _report(path):
   """report.html less what names the run: its workdir, the time it was built, stage seconds."""
   workdir = os.path.dirname(path)
@@ -222,7 +217,7 @@ def test_outputs_equal_an_uninterrupted_run(chain):
     if name == 'metrics.jsonl':
       assert _metrics(path) == _metrics(other), rel
     elif name.endswith('.npz'):  # zip entries carry a time stamp: compare the arrays
-      a, b = _npz(path), _npz(other)
+      a, b = io_utils.load_npz(path), io_utils.load_npz(other)
       assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a), rel
     elif name == 'summary.json':  # + seconds and devices
       with open(path) as f, open(other) as g:
