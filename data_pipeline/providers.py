@@ -10,6 +10,9 @@ RecordData (the records of a TFDS builder).
 `build(config, workdir)` picks the reader for config.data.name ('synthetic', 'voc12', 'coco14')
 and config.data.source ('files': the folders as they are; 'tfds': records written once by a TFDS
 builder, data_pipeline/tfds_builders.py); data_pipeline/registry.py holds those names.
+
+tensorflow (data_pipeline/pipeline.py, the training stream) is imported when a stream is first
+built, not with this module: a launch whose stages only infer, score or export skips its import.
 """
 
 import functools
@@ -21,7 +24,6 @@ from data_pipeline import coco
 from data_pipeline import corrupt_files
 from data_pipeline import interfaces
 from data_pipeline import json_cache
-from data_pipeline import pipeline
 from data_pipeline import registry
 from data_pipeline import splits
 from data_pipeline import synthetic
@@ -66,6 +68,7 @@ class SyntheticData:
       from recurseed_jax import io_utils
       masks = np.stack([io_utils.load_mask_png(p)
                         for p in mask_paths(self.split('train'), mask_dir)])
+    from data_pipeline import pipeline
     return pipeline.train_iterator_from_config(
         config.data, d['images'], masks, d['labels'],
         batch_size=config.train.batch_size, seed=config.seed, start_step=start_step,
@@ -86,6 +89,7 @@ class _StreamMixin:
       raise ValueError("the 'train' split has no masks; training needs them (seed quality metrics "
                        'and the upper bound)')
     batch_size, seed = config.train.batch_size, config.seed
+    from data_pipeline import pipeline
     ds = pipeline.train_stream(self._source(split), batch_size=batch_size, seed=seed,
                                start_step=start_step, process_index=process_index,
                                process_count=process_count,
@@ -130,6 +134,7 @@ class FileData(_StreamMixin):
     return split
 
   def _source(self, split):
+    from data_pipeline import pipeline
     return pipeline.file_source(split.image_paths, split.mask_paths, split.labels,
                                 split.num_classes)
 
