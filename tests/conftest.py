@@ -1,5 +1,13 @@
 """Fixtures shared by the test modules (tests/ and tests/fault/ are on sys.path: pyproject.toml).
 
+- session_compilation_cache (every test): one persistent compilation cache for the session, in
+  a session temp folder unless $RECURSEED_COMPILATION_CACHE names one (then it is kept, and a
+  rerun of the suite compiles almost nothing). Every launch.py subprocess and this process use
+  it, so a program one test compiled loads in the next, and nothing lands in the user's cache.
+- every_stage_run: launch.py through every stage on test_launch.MULTI, uninterrupted, once per
+  session (one pytest-xdist worker makes it, the others wait for it): the end-to-end test checks
+  it, the kill test compares its killed and resumed run with it, the full-disk test starts from
+  its trained networks. Read it only; copy to change it.
 - fast_compiles: XLA's optimisations off while a module runs; a module opts in with
   `pytestmark = pytest.mark.usefixtures('fast_compiles')` (compiling train steps is most of its
   cost, and unoptimised programs give the same numbers to float precision).
@@ -7,8 +15,71 @@
   spinning workers slow it down 10-20x); opted into the same way.
 """
 
+import fcntl
+import os
+
 import jax
 import pytest
+
+from recurseed_jax import compile_cache
+
+# The longest modules first (measured, 2 cores), the rest in their order: with the README's
+# `-n 2 --dist loadscope --no-loadscope-reorder` two pytest-xdist workers take whole modules in
+# this order, so that they end together instead of one waiting on the last multi-host test.
+LONGEST_FIRST = ('test_multihost.py', 'test_fault_kill.py', 'test_launch.py', 'test_resume.py',
+                 'test_fault_enospc.py', 'test_parallel.py', 'test_infer_dtype.py', 'test_infer.py',
+                 'test_train.py', 'test_multistage.py', 'test_walk.py',
+                 'test_fidelity_inference.py')
+
+
+def pytest_collection_modifyitems(items):
+  rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable
+
+
+def _session_folder(tmp_path_factory, name):
+  """A folder of this session that every pytest-xdist worker shares (each has a temp folder of
+  its own below the session's), or this process's when there are no workers."""
+  base = tmp_path_factory.getbasetemp()
+  root = base.parent if os.environ.get('PYTEST_XDIST_WORKER') else base
+  folder = root / name
+  folder.mkdir(exist_ok=True)
+  return folder
+
+
+def _once(folder, make):
+  """make(folder) once per session: the first worker to ask runs it holding a lock on the folder,
+  the others wait for it and then find its done file. A make that fails leaves no done file, so
+  the next one to ask tries again (and fails with its own message)."""
+  done = folder / 'done'
+  with open(folder / 'lock', 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not done.exists():
+      make(folder)
+      done.write_text('')
+
+
+@pytest.fixture(scope='session', autouse=True)
+def session_compilation_cache(tmp_path_factory):
+  folder = os.environ.get(compile_cache.ENV) or str(_session_folder(tmp_path_factory, 'xla_cache'))
+  os.environ[compile_cache.ENV] = folder  # subprocesses inherit it
+  jax.config.update('jax_compilation_cache_dir', folder)  # this process: compiles of >= 1 s
+  return folder
+
+
+@pytest.fixture(scope='session')
+def every_stage_run(tmp_path_factory):
+  import test_launch
+  folder = _session_folder(tmp_path_factory, 'every_stage')
+  workdir = folder / 'reference'
+
+  def make(folder):
+    result = test_launch.launch(f'--workdir={workdir}', *test_launch.MULTI)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (folder / 'stdout.txt').write_text(result.stdout)
+
+  _once(folder, make)
+  return dict(workdir=str(workdir), stdout=(folder / 'stdout.txt').read_text())
 
 
 @pytest.fixture(scope='module')

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -18,7 +19,10 @@ TINY = ['--config.data.num_train=32', '--config.data.num_val=8', '--config.data.
         '--config.train.log_every=2', '--config.train.checkpoint_every=2',
         '--config.rs.cam_only_steps=1', '--config.mix.start_step=2', '--config.model.width=8',
         '--config.infer.scales=(1.0,0.5)', '--config.infer.batch_size=8', '--config.crf.workers=0',
-        '--config.crf.iterations=2', '--config.export.num_overlays=2']
+        '--config.crf.iterations=2', '--config.export.num_overlays=2',
+        '--config.boundary.train.steps=4', '--config.boundary.train.batch_size=4',
+        '--config.boundary.train.checkpoint_every=2', '--config.boundary.train.log_every=2',
+        '--config.boundary.data.crop_size=32', '--config.boundary.radius=3']
 # The whole paper (configs/synthetic_multistage.py) with both kinds of pseudo masks (DenseCRF and
 # the random walk, the segmenter trained on the walk's + CRF), the baseline twin on as in the demo.
 MULTI = [f'--config={os.path.join(ROOT, "configs", "synthetic_multistage.py")}', *TINY,
@@ -26,16 +30,17 @@ MULTI = [f'--config={os.path.join(ROOT, "configs", "synthetic_multistage.py")}',
          '--config.seg.train.checkpoint_every=2', '--config.seg.train.batch_size=4',
          '--config.seg.train.log_every=2', '--config.seg.data.crop_size=32',
          f'--config.stages={",".join(stages.STAGES)}', '--config.pseudo.method=random_walk+crf',
-         '--config.boundary.train.steps=4', '--config.boundary.train.batch_size=4',
-         '--config.boundary.train.checkpoint_every=2', '--config.boundary.train.log_every=2',
-         '--config.boundary.data.crop_size=32', '--config.boundary.radius=3']
+         '--config.export.mask_dirs=pseudo_masks,predictions/val']
+# Every test launch: TF quiet, and XLA's optimisation passes and new CPU fusion emitters off
+# (compiles dominate these wiring tests; unoptimised programs give the same numbers).
+ENV = dict(TF_CPP_MIN_LOG_LEVEL='2', JAX_DISABLE_MOST_OPTIMIZATIONS='true',
+           XLA_FLAGS='--xla_cpu_use_fusion_emitters=false')
 
 
-def _launch(*args, cwd=ROOT):
-  # Skipping most XLA optimisation passes keeps this wiring test fast (compiles dominate it).
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', JAX_DISABLE_MOST_OPTIMIZATIONS='true')
-  return subprocess.run([sys.executable, os.path.join(ROOT, 'launch.py'), *args], cwd=cwd,
-                        env=env, capture_output=True, text=True, timeout=300)
+def launch(*args, script=os.path.join(ROOT, 'launch.py'), timeout=300, **env):
+  """`python launch.py ARGS` (or another script) in ROOT, with ENV and `env`; output captured."""
+  return subprocess.run([sys.executable, script, *args], cwd=ROOT, capture_output=True,
+                        text=True, timeout=timeout, env=dict(os.environ, **{**ENV, **env}))
 
 
 def _pngs(folder):
@@ -43,11 +48,11 @@ def _pngs(folder):
 
 
 @pytest.mark.slow
-def test_end_to_end_multistage_resume_and_rerun_skips(tmp_path):
-  wd = str(tmp_path / 'run')
-  r = _launch(f'--workdir={wd}', *MULTI)
-  assert r.returncode == 0, r.stderr[-3000:]
-  assert '[seeds+crf] running' in r.stdout
+def test_end_to_end_multistage_resume_and_rerun_skips(every_stage_run, tmp_path):
+  stdout = every_stage_run['stdout']  # of launch.py --workdir=... *MULTI (conftest.py)
+  wd = str(tmp_path / 'run')  # a copy: the reruns below change it
+  shutil.copytree(every_stage_run['workdir'], wd, symlinks=True)
+  assert '[seeds+crf] running' in stdout
   with open(os.path.join(wd, 'summary.json')) as f:
     summary = json.load(f)
   for key in ('cam_seed_miou', 'rs_cam_seed_miou', 'rs_seed_miou', 'pseudo_mask_miou',
@@ -78,7 +83,7 @@ def test_end_to_end_multistage_resume_and_rerun_skips(tmp_path):
   assert {title: row[1] for title, row in rows.items()} == {
       products.TABLE_TITLES[k[:-5]]: f'{100 * v:.1f}' for k, v in summary.items()
       if k.endswith('_miou')}
-  assert 'RecurSeed seed' in r.stdout and 'VOC submission skipped' in r.stdout
+  assert 'RecurSeed seed' in stdout and 'VOC submission skipped' in stdout
 
   # A killed seeds+crf run: two seeds (with their masks) and one more mask missing. The rerun
   # redoes exactly those and leaves every other file alone.
@@ -90,7 +95,7 @@ def test_end_to_end_multistage_resume_and_rerun_skips(tmp_path):
   os.remove(os.path.join(masks, 'train_00020.png'))
   before = {p: os.path.getmtime(p) for d in (seeds, masks)
             for p in (os.path.join(d, n) for n in os.listdir(d))}
-  r2 = _launch(f'--workdir={wd}', *MULTI)
+  r2 = launch(f'--workdir={wd}', *MULTI)
   assert r2.returncode == 0, r2.stderr[-3000:]
   for stage in ('train_rs', 'ir_labels', 'train_boundary', 'random_walk', 'train_seg', 'predict',
                 'evaluate', 'export'):
@@ -99,7 +104,7 @@ def test_end_to_end_multistage_resume_and_rerun_skips(tmp_path):
   assert all(os.path.getmtime(p) == t for p, t in before.items())
 
   # Everything done: a rerun recomputes nothing.
-  r3 = _launch(f'--workdir={wd}', *MULTI)
+  r3 = launch(f'--workdir={wd}', *MULTI)
   assert r3.returncode == 0, r3.stderr[-3000:]
   for stage in stages.STAGES:
     assert f'[{stage}] done already, skipping' in r3.stdout
@@ -115,7 +120,7 @@ def test_end_to_end_multistage_resume_and_rerun_skips(tmp_path):
     (['--config.infer.buckets=((32,0),)'], 'infer.buckets'),
 ])
 def test_bad_input_one_line_error(tmp_path, args, needle):
-  r = _launch(f'--workdir={tmp_path / "run"}', *args)
+  r = launch(f'--workdir={tmp_path / "run"}', *args)
   assert r.returncode == 2, r.stderr[-2000:]
   lines = [line for line in r.stderr.strip().splitlines() if line.strip()]
   assert needle in lines[-1], r.stderr[-2000:]
@@ -126,7 +131,7 @@ def test_bad_input_one_line_error(tmp_path, args, needle):
 def test_unwritable_workdir(tmp_path):
   blocker = tmp_path / 'file'
   blocker.write_text('not a folder')
-  r = _launch(f'--workdir={blocker / "run"}')
+  r = launch(f'--workdir={blocker / "run"}')
   assert r.returncode != 0
   last = r.stderr.strip().splitlines()[-1]
   assert 'not writable' in last and str(blocker) in last

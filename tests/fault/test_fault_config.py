@@ -7,8 +7,6 @@ the devices (tests/test_parallel.py, 4 devices).
 """
 
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -19,15 +17,12 @@ from recurseed_jax import checkpoint as ckpt_lib
 from recurseed_jax import config_lib
 from recurseed_jax import train
 import reference
+import test_launch
 from test_launch import TINY
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _launch(*args, **env):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', JAX_DISABLE_MOST_OPTIMIZATIONS='true', **env)
-  r = subprocess.run([sys.executable, os.path.join(ROOT, 'launch.py'), *args], cwd=ROOT, env=env,
-                     capture_output=True, text=True, timeout=300)
+  r = test_launch.launch(*args, **env)
   return r, r.stderr.strip().splitlines()[-1] if r.stderr.strip() else ''
 
 

@@ -6,15 +6,13 @@ Needs a tmpfs mount (root in a container that allows it); skipped elsewhere.
 
 import os
 import subprocess
-import sys
 
 import pytest
 
-from test_launch import TINY
+from recurseed_jax import stages
+import test_launch
 
 pytestmark = pytest.mark.slow
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _mount(folder, size):
@@ -29,21 +27,20 @@ def _umount(folder):
   subprocess.run(['umount', str(folder)], check=False)
 
 
-def _launch(*args):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', JAX_DISABLE_MOST_OPTIMIZATIONS='true')
-  return subprocess.run([sys.executable, os.path.join(ROOT, 'launch.py'), *args], cwd=ROOT,
-                        env=env, capture_output=True, text=True, timeout=600)
+# The seeds and CRF stages on the session's every_stage_run networks (conftest.py).
+ARGS = [a for a in test_launch.MULTI if not a.startswith('--config.stages=')] + [
+    '--stages=train_rs,seeds,crf']
 
 
-def test_full_disk_while_writing_pseudo_masks(tmp_path):
+def test_full_disk_while_writing_pseudo_masks(every_stage_run, tmp_path):
   wd = tmp_path / 'run'
-  r = _launch(f'--workdir={wd}', *TINY, '--stages=train_rs')
-  assert r.returncode == 0, r.stderr[-3000:]
+  ctx = stages.Context(config=None, workdir=str(wd), data=None, class_names=())
+  stages.link_stages(every_stage_run['workdir'], ctx, ['train_rs'])
   small = tmp_path / 'small'
   _mount(small, '12k')  # room for a few of the 32 pseudo masks only
   try:
     os.symlink(small, wd / 'pseudo_masks')
-    r = _launch(f'--workdir={wd}', *TINY, '--stages=train_rs,seeds,crf')
+    r = test_launch.launch(f'--workdir={wd}', *ARGS)
     last = r.stderr.strip().splitlines()[-1]
     assert r.returncode == 2, r.stderr[-3000:]
     assert 'No space left on device' in last and str(wd / 'pseudo_masks') in last, last
@@ -57,7 +54,7 @@ def test_full_disk_while_writing_pseudo_masks(tmp_path):
   # keeps the seeds it wrote, makes every missing mask and finishes.
   _mount(small, '1m')
   try:
-    r = _launch(f'--workdir={wd}', *TINY, '--stages=train_rs,seeds,crf')
+    r = test_launch.launch(f'--workdir={wd}', *ARGS)
     assert r.returncode == 0, r.stderr[-3000:]
     assert len([n for n in os.listdir(small) if n.endswith('.png')]) == 32 >= written
   finally:

@@ -1,6 +1,7 @@
 """Kill anywhere, lose nothing: SIGKILL inside each stage, rerun the same command, same outputs.
 
-One uninterrupted reference run of a tiny synthetic pipeline, and one chained run in another
+The uninterrupted reference run is the session's every_stage_run (conftest.py: the tiny
+multi-stage pipeline of test_launch.MULTI, the random walk included); one chained run in another
 workdir that is SIGKILLed once inside each stage of KILLS in turn (each time rerunning the same
 command), then rerun to the end. The two workdirs must then hold the same files: the same final
 checkpoint (step and arrays) and metrics of every training run, byte-identical PNGs, the same
@@ -8,7 +9,7 @@ seeds, evaluation table and mIoUs, and no temp or partial file. On the way: a se
 the held workdir stops at once naming the holder's pid, and each rerun takes over the dead run's
 lock and removes its temp file.
 
-All launches share a persistent compilation cache, so only the first one compiles.
+All launches share the session's persistent compilation cache, so they compile almost nothing.
 """
 
 import dataclasses
@@ -27,16 +28,14 @@ import pytest
 from recurseed_jax import checkpoint as ckpt_lib
 from recurseed_jax import io_utils
 from recurseed_jax import stages
-from test_launch import TINY
+import test_launch
 
 pytestmark = pytest.mark.slow
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
-# Every stage, the multi-stage ones included (the segmenter takes TINY's training fields).
-ARGS = TINY + ['--config.export.mask_dirs=pseudo_masks,predictions/val',
-               f'--stages={",".join(stages.STAGES)}']
-TRAIN_RUNS = ('train', 'cam_baseline', 'upper_bound', 'segmenter')  # checkpoints to compare
+ARGS = test_launch.MULTI  # every stage, as the reference ran
+TRAIN_RUNS = ('train', 'cam_baseline', 'upper_bound', 'boundary', 'segmenter')  # to compare
 TIMING_KEYS = ('img_per_s', 'seconds')
 
 
@@ -68,21 +67,13 @@ KILLS = (
 )
 
 
-def _env(cache):
-  return dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', JAX_DISABLE_MOST_OPTIMIZATIONS='true',
-              XLA_FLAGS='--xla_cpu_use_fusion_emitters=false', JAX_COMPILATION_CACHE_DIR=cache,
-              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
-              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='-1')
-
-
 def _command(workdir, paused=True):
   script = os.path.join(HERE, 'paused_launch.py') if paused else os.path.join(ROOT, 'launch.py')
   return [sys.executable, script, f'--workdir={workdir}', *ARGS]
 
 
-def _complete(workdir, env):
-  r = subprocess.run(_command(workdir), env=env, cwd=ROOT, capture_output=True, text=True,
-                     timeout=300)
+def _complete(workdir):
+  r = test_launch.launch(f'--workdir={workdir}', *ARGS)
   assert r.returncode == 0, r.stderr[-3000:]
   return r
 
@@ -126,17 +117,16 @@ def _kill_inside(kill, workdir, env, ready_file, log, second=False):
 
 
 @pytest.fixture(scope='module')
-def chain(tmp_path_factory):
+def chain(every_stage_run, tmp_path_factory):
   root = tmp_path_factory.mktemp('kill')
-  env = _env(str(root / 'jax_cache'))
-  ref, wd = str(root / 'reference'), str(root / 'chained')
-  _complete(ref, env)  # also fills the compilation cache for the others
+  env = dict(os.environ, **test_launch.ENV)
+  wd = str(root / 'chained')
   first_held = next(k for k in KILLS if k.pause)
   kills = [_kill_inside(k, wd, env, str(root / 'ready'), str(root / f'{k.stage}.log'),
                         second=k is first_held)
            for k in KILLS]
-  final = _complete(wd, env)
-  return dict(ref=ref, wd=wd, kills=kills, final=final, logs=root)
+  final = _complete(wd)
+  return dict(ref=every_stage_run['workdir'], wd=wd, kills=kills, final=final, logs=root)
 
 
 def test_each_kill_landed_part_way_through_its_stage(chain):
