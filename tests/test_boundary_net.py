@@ -92,6 +92,7 @@ def test_predict_edge_matches_irn_inference():
     boundary_net.predict_edge(_model(), _variables(), jnp.zeros((1, 70, 20, 3)), pad_to=64)
 
 
+@pytest.mark.slow
 def test_backbone_is_frozen():
   """No gradient reaches the backbone; every edge layer gets one; BatchNorm needs no update."""
   model, variables = _model(), _variables()

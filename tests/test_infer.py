@@ -273,6 +273,7 @@ def test_make_predict_fn_matches_per_pass_reference(flip):
   assert out['cam'].min() >= 0 and out['cam'].max() > 0
 
 
+@pytest.mark.slow
 def test_padded_image_matches_image_alone():
   """Padding bottom/right changes nothing, to float precision, also where a scaled size is not a
   multiple of the output stride (the decoder resizes each image's own valid cells)."""
@@ -294,7 +295,8 @@ def test_padded_image_matches_image_alone():
     np.testing.assert_allclose(out['class_prob'][j], ref['class_prob'][0], atol=1e-6)
 
 
-@pytest.mark.parametrize('interpolation', infer.INTERPOLATIONS)
+@pytest.mark.parametrize('interpolation', [  # the default one in the fast subset
+    i if i == 'nearest' else pytest.param(i, marks=pytest.mark.slow) for i in infer.INTERPOLATIONS])
 def test_passes_in_sequence_match_one_function(interpolation):
   """One pass at a time into donated running sums gives what every pass in one function gives
   (padded images; the flip's batch differs, so the last bit may)."""
@@ -310,6 +312,7 @@ def test_passes_in_sequence_match_one_function(interpolation):
                                err_msg=key)
 
 
+@pytest.mark.slow
 def test_predict_keeps_the_classes_asked_for():
   """classes=[B,K] keeps those classes' channels only (the seeds step keeps the labels'): the
   same values as taking them from every class's outputs."""
@@ -327,6 +330,7 @@ def test_predict_keeps_the_classes_asked_for():
   np.testing.assert_array_equal(kept['class_prob'], full['class_prob'])
 
 
+@pytest.mark.slow
 def test_memory_plan_keeps_one_pass_alive():
   """XLA's plan: the step's largest part needs less than the one-function step's largest scale
   alone (both orientations), far less than all scales in one function; every pass writes into
@@ -408,6 +412,7 @@ def test_plan_batches_buckets_and_errors():
     infer.plan_batches(split, range(5), [(24, 24), (40, 32)], 2)
 
 
+@pytest.mark.slow
 def test_run_split_compiles_once_per_bucket():
   """Seven sizes, two buckets, two scales unrolled: two compilations of the step, no more."""
   _, variables = _model_and_variables()

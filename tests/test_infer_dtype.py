@@ -11,11 +11,14 @@ import functools
 
 import jax
 import numpy as np
+import pytest
 
 from bench import fitted_seeds
 from recurseed_jax import infer
 from recurseed_jax import models
 import reference
+
+pytestmark = pytest.mark.slow  # fitting the network and two dtypes' steps: about a minute
 
 C = 4
 SIZES = ((150, 200), (127, 200))
@@ -29,7 +32,8 @@ def _fitted():
       'model.aspp_rates': (6, 12, 18), 'model.aspp_channels': 64, 'model.decoder_channels': 64,
       'model.low_level_channels': 64, 'infer.buckets': ((160, 208),), 'infer.batch_size': 2})
   model = models.build_model(cfg.model, C)
-  variables = model.init(jax.random.key(0), np.zeros((1, 64, 64, 3), np.float32), train=False)
+  variables = jax.jit(functools.partial(model.init, train=False))(  # one compile, not one per op
+      jax.random.key(0), np.zeros((1, 64, 64, 3), np.float32))
   images, maps, labels = fitted_seeds.scenes(SIZES, C)
   variables = fitted_seeds.fit_seg_classifier(model, variables, images, maps, cfg.data.mean,
                                               cfg.data.std)

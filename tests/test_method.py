@@ -277,6 +277,7 @@ def test_pamr_matches_numpy():
                              atol=1e-5)
 
 
+@pytest.mark.slow
 def test_refine_seed_dispatch():
   feats, seed = _scg_inputs()
   out = method.refine_seed('none', seed)

@@ -4,6 +4,7 @@ the seed confusion metric, and the ablation's table and plot (its runs are launc
 The end-to-end multi-stage run (train_rs .. predict .. export) is tests/test_launch.py's.
 """
 
+import functools
 import importlib
 import json
 import os
@@ -65,7 +66,9 @@ def test_every_config_validates(name):
 def _deeplab(head='v3plus'):
   cfg = reference.default_config(**{'model.width': 8, 'model.segmenter_head': head})
   model = models.build_deeplab(cfg.model, C)
-  variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
+  # Jitted: one compile, not one per op of the initialisers.
+  variables = jax.jit(functools.partial(model.init, train=False))(jax.random.key(0),
+                                                                 jnp.zeros((1, 32, 32, 3)))
   return cfg, model, variables
 
 

@@ -152,6 +152,7 @@ def test_weak_step_with_edgepredictmix():
   _assert_params_changed(state.params, new_state.params)
 
 
+@pytest.mark.slow
 def test_weak_step_pamr_and_seed_window():
   cfg = _config(**{'rs.refine': 'pamr', 'train.log_every': 2})
   state, new_state, m, step = _one_step(cfg)
@@ -174,6 +175,7 @@ def test_weak_step_pamr_and_seed_window():
   assert (windows[1] >= windows[0]).all()
 
 
+@pytest.mark.slow
 def test_full_supervision_step_ema_and_nonfinite_guard():
   state, new_state, m, step = _one_step(_config(), supervision='full')
   assert set(m) == {'cls', 'cam', 'seg', 'loss', 'lr'} | GUARD_KEYS

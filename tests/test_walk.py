@@ -32,7 +32,7 @@ SIZES = ((40, 27), (33, 48))  # odd sizes: partial cells of 4, and one full widt
 @functools.lru_cache(maxsize=None)
 def _net():
   model = boundary_net.BoundaryNet((1, 1, 1, 1), width=8, feature_size=8)
-  variables = model.init(jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3)))
+  variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3)))  # 1 compile
   # Non-trivial statistics and a non-zero last layer: boundaries that vary over the image.
   variables = jax.tree.map(lambda x: x + 0.05 * jnp.sin(jnp.arange(x.size).reshape(x.shape)),
                            variables)
@@ -103,12 +103,13 @@ def test_walk_step_matches_irn_per_image():
   assert min(agree) > 0.995, agree
 
 
+@pytest.mark.slow
 def test_boundary_objective_is_irn_loss_and_backbone_stays_frozen():
   cfg = reference.default_config(**{
       'model.width': 8, 'data.crop_size': 32, 'boundary.radius': 3, 'train.steps': 10})
   bcfg = config_lib.boundary_config(cfg)
   model = train.build_model(bcfg, 5)
-  variables = model.init(jax.random.key(1), jnp.zeros((1, 32, 32, 3)))
+  variables = jax.jit(model.init)(jax.random.key(1), jnp.zeros((1, 32, 32, 3)))
   state = train.init_state(bcfg, variables['params'], variables['batch_stats'], 0)
   batch = reference.fake_batch(0, 4, 32, 5)
   step = jax.jit(train.make_train_step(bcfg, model, 'boundary'))
