@@ -37,9 +37,10 @@ ENV = dict(TF_CPP_MIN_LOG_LEVEL='2', JAX_DISABLE_MOST_OPTIMIZATIONS='true',
            XLA_FLAGS='--xla_cpu_use_fusion_emitters=false')
 
 
-def launch(*args, script=os.path.join(ROOT, 'launch.py'), timeout=300, **env):
-  """`python launch.py ARGS` (or another script) in ROOT, with ENV and `env`; output captured."""
-  return subprocess.run([sys.executable, script, *args], cwd=ROOT, capture_output=True,
+def launch(*args, timeout=300, **env):
+  """`python launch.py ARGS` in ROOT, with ENV and `env` on the environment; output captured."""
+  return subprocess.run([sys.executable, os.path.join(ROOT, 'launch.py'), *args], cwd=ROOT,
+                        capture_output=True,
                         text=True, timeout=timeout, env=dict(os.environ, **{**ENV, **env}))
 
 

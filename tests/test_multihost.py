@@ -176,9 +176,7 @@ def test_pipeline_on_2_processes_equals_1_process(tmp_path):
   # 1 process x 4 devices from the same trained networks: the same files.
   one = str(tmp_path / 'one')
   _same_training(two, one)
-  r = subprocess.run([sys.executable, *_launch_args(one)], cwd=ROOT, capture_output=True,
-                     text=True, timeout=TIMEOUT, env=dict(
-                         os.environ, **dict(test_launch.ENV, XLA_FLAGS=_xla_flags(4))))
+  r = test_launch.launch(*_launch_args(one)[1:], timeout=TIMEOUT, XLA_FLAGS=_xla_flags(4))
   assert r.returncode == 0, r.stderr[-3000:]
   a, b = _files(two, PRODUCTS), _files(one, PRODUCTS)
   assert set(a) == set(b) and len(a) == 5 * N_TRAIN + 3 * N_VAL

@@ -28,8 +28,7 @@ def _umount(folder):
 
 
 # The seeds and CRF stages on the session's every_stage_run networks (conftest.py).
-ARGS = [a for a in test_launch.MULTI if not a.startswith('--config.stages=')] + [
-    '--stages=train_rs,seeds,crf']
+ARGS = [*test_launch.MULTI, '--stages=train_rs,seeds,crf']  # --stages wins over config.stages
 
 
 def test_full_disk_while_writing_pseudo_masks(every_stage_run, tmp_path):

@@ -67,9 +67,8 @@ KILLS = (
 )
 
 
-def _command(workdir, paused=True):
-  script = os.path.join(HERE, 'paused_launch.py') if paused else os.path.join(ROOT, 'launch.py')
-  return [sys.executable, script, f'--workdir={workdir}', *ARGS]
+def _paused_command(workdir):
+  return [sys.executable, os.path.join(HERE, 'paused_launch.py'), f'--workdir={workdir}', *ARGS]
 
 
 def _complete(workdir):
@@ -87,7 +86,7 @@ def _kill_inside(kill, workdir, env, ready_file, log, second=False):
   if kill.pause:
     env.update(FAULT_PAUSE=kill.pause, FAULT_READY=ready_file)
   with open(log, 'w') as out:
-    proc = subprocess.Popen(_command(workdir), env=env, cwd=ROOT, stdout=out,
+    proc = subprocess.Popen(_paused_command(workdir), env=env, cwd=ROOT, stdout=out,
                             stderr=subprocess.STDOUT, start_new_session=True)
   record = dict(stage=kill.stage, pid=proc.pid)
   try:
@@ -104,8 +103,7 @@ def _kill_inside(kill, workdir, env, ready_file, log, second=False):
         record['temp'] = f.read()
       os.remove(ready_file)
     if second:  # one run per workdir: a second launch stops at once
-      record['second'] = subprocess.run(_command(workdir, paused=False), env=env, cwd=ROOT,
-                                        capture_output=True, text=True, timeout=120)
+      record['second'] = test_launch.launch(f'--workdir={workdir}', *ARGS, timeout=120)
   finally:
     if proc.poll() is None:
       os.killpg(proc.pid, signal.SIGKILL)
