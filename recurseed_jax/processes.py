@@ -87,50 +87,67 @@ class Watchdog:
   """Each process publishes a heartbeat every `interval` seconds and checks the others'; one
   silent for `peer_timeout` seconds ends this process with a line naming it (exit status 3).
 
-  A context manager; a no-op in a single-process run.
+  A heartbeat is a counter, and silence is measured on this process's own monotonic clock from
+  the last time it saw a peer's counter change: hosts' wall clocks may differ by more than the
+  timeout, and a wall clock may step (NTP, a paused VM), neither of which is a death. A failed
+  beat or read (a slow RPC on a loaded host) is retried at the next interval; only the silence
+  counts. A context manager; a no-op in a single-process run.
   """
 
-  def __init__(self, peer_timeout=60.0, interval=5.0, exit_fn=os._exit):
+  def __init__(self, peer_timeout=60.0, interval=5.0, exit_fn=os._exit, client_fn=None,
+               clock=time.monotonic, process_index=None, process_count=None):
     self.peer_timeout = float(peer_timeout)
     self.interval = float(interval)
     self.exit_fn = exit_fn
+    self._client_fn = client_fn or _client
+    self._clock = clock
+    self._index, self._count = process_index, process_count  # None: jax's, on entering
+    self._beats = 0
+    self._seen = {}  # peer -> (its last counter value read, when it last changed: our clock)
     self._stop = threading.Event()
     self._thread = None
 
-  def _beat(self, client):
-    client.key_value_set(f'{_PREFIX}/alive/{index()}', repr(time.time()), allow_overwrite=True)
+  def _key(self, i):
+    return f'{_PREFIX}/alive/{i}'
 
-  def _check(self, client, started):
-    now = time.time()
-    for i in range(count()):
-      if i == index():
+  def _beat(self, client):
+    self._beats += 1
+    client.key_value_set(self._key(self._index), str(self._beats), allow_overwrite=True)
+
+  def check(self, client):
+    """(peer, seconds silent) of the first peer silent for longer than peer_timeout, or None."""
+    now = self._clock()
+    for i in range(self._count):
+      if i == self._index:
         continue
       try:
-        beat = client.key_value_try_get(f'{_PREFIX}/alive/{i}')
-      except Exception:  # not published yet: count from our own start
-        beat = repr(started)
+        beat = client.key_value_try_get(self._key(i))
+      except Exception:  # not published yet, or the read failed: no news of it
+        beat = None
       if beat == 'done':  # it finished its work and is exiting: not lost
         continue
-      last = float(beat)
-      if now - last > self.peer_timeout:
-        return i, now - last
+      last, since = self._seen.get(i, (None, self._started))
+      if beat is not None and beat != last:
+        self._seen[i] = (beat, now)
+        continue
+      if now - since > self.peer_timeout:
+        return i, now - since
     return None
 
   def _run(self):
-    client = _client()
-    started = time.time()
+    client = self._client_fn()
     while not self._stop.wait(self.interval):
       try:
         self._beat(client)
-        lost = self._check(client, started)
-      except Exception:  # the runtime itself is gone: JAX's own error handling takes over
-        return
+      except Exception:  # retried next time; a runtime that is gone ends the run by itself
+        pass
+      lost = self.check(client)
       if lost is not None:
         i, silent = lost
-        print(f'error: process {i} of {count()} sent no heartbeat for {silent:.0f} s (killed, '
-              f'hung or its host lost): process {index()} stops too; rerun the same command on '
-              'every host to resume from the last checkpoint and the files written',
-              file=sys.stderr, flush=True)
+        print(f'error: process {i} of {self._count} sent no heartbeat for {silent:.0f} s '
+              f'(killed, hung or its host lost): process {self._index} stops too; rerun the '
+              'same command on every host to resume from the last checkpoint and the files '
+              'written', file=sys.stderr, flush=True)
         self.exit_fn(3)
         return
 
@@ -140,14 +157,17 @@ class Watchdog:
     if self._thread is not None:
       self._thread.join(timeout=self.peer_timeout + 2 * self.interval)
     text = ' '.join(str(error).split())[:300]
-    print(f'error: a collective between the {count()} processes failed ({text}): another '
-          f'process was lost; process {index()} stops too; rerun the same command on every host '
-          'to resume', file=sys.stderr, flush=True)
+    print(f'error: a collective between the {self._count} processes failed ({text}): another '
+          f'process was lost; process {self._index} stops too; rerun the same command on every '
+          'host to resume', file=sys.stderr, flush=True)
     self.exit_fn(3)
 
   def __enter__(self):
-    if count() > 1:
-      self._beat(_client())
+    self._index = index() if self._index is None else self._index
+    self._count = count() if self._count is None else self._count
+    self._started = self._clock()
+    if self._count > 1:
+      self._beat(self._client_fn())
       self._thread = threading.Thread(target=self._run, name='peer-watchdog', daemon=True)
       self._thread.start()
     return self
@@ -157,4 +177,4 @@ class Watchdog:
     if self._thread is not None:
       self._thread.join(timeout=self.interval + 1)
       if exc[0] is None:  # a clean end: the others must not take the silence for a death
-        _client().key_value_set(f'{_PREFIX}/alive/{index()}', 'done', allow_overwrite=True)
+        self._client_fn().key_value_set(self._key(self._index), 'done', allow_overwrite=True)
