@@ -168,7 +168,9 @@ def get_config():
   # Seed files: 'float16' (pseudo masks as from float32 seeds) | 'uint8' (half the disk; scores
   # below 1/510 become 0). The CRF always takes what is stored, so a resumed run gives the same.
   c.infer.seed_dtype = 'float16'
-  c.infer.batch_size = 32            # fixed per bucket (last batch padded); a multiple of devices
+  # Fixed per bucket (last batch padded); a multiple of the devices. 8 on the 2-core CPU: the
+  # demo network's seeds step ran 40-50 img/s at 8 against 33-35 at 32 (bench/infer.py).
+  c.infer.batch_size = 8
   # The network's compute dtype at inference: 'float32' | 'bfloat16' (the parameters, softmax,
   # resizes and seeds stay float32; how bf16's pseudo masks agree: docs/inference.md).
   c.infer.dtype = 'float32'

@@ -3,12 +3,12 @@ collectives), every wait bounded so that a hang fails instead of blocking CI.
 
 - a training step on 2 processes x 2 devices gives the 1-device step's losses and metrics to
   1e-5 relative, per step, and its state as test_parallel.py requires of 4 devices;
-- the whole multi-stage pipeline (random walk included) on 2 processes: every stage runs on
-  both, images split over them, one writer per file, markers with images_per_process; from the
-  same trained networks, the seeds, pseudo masks, predictions and evaluation equal a 1-process
-  run's;
-- SIGKILL of one process mid-stage stops the other with a line naming it; the same command
-  then resumes and gives the same results.
+- the whole multi-stage pipeline (random walk included) on 2 processes, through a SIGTERM of
+  one process (both save the same step) and a SIGKILL of one (the other stops with a line
+  naming it), each followed by the same command, which resumes: every stage runs on both,
+  images split over them, one writer per file, markers with images_per_process; from the same
+  trained networks, the seeds, pseudo masks, predictions and evaluation equal a 1-process
+  run's.
 """
 
 import json
@@ -174,11 +174,61 @@ def _seed_differences(a, b):
   return diff, n, steps
 
 
-def test_pipeline_on_2_processes_equals_1_process(tmp_path):
+def _wait_for(path_fn, timeout=TIMEOUT):
+  deadline = time.time() + timeout
+  while time.time() < deadline and not path_fn():
+    time.sleep(0.5)
+
+
+def _checkpoints(folder):
+  return sorted(int(d) for d in os.listdir(folder) if d.isdigit()) if os.path.isdir(folder) else []
+
+
+def test_pipeline_on_2_processes_resumes_after_sigterm_and_sigkill_and_equals_1_process(
+    tmp_path):
+  """SIGTERM on one host: every process stops at the same step and saves it (JAX's preemption
+  service). The same command resumes; SIGKILL of one process then stops the other within the
+  heartbeat timeout, naming it. The same command resumes again and runs every stage on both
+  processes, whose products equal a 1-process run's from the same trained networks. One
+  command for the three launches, so the last two load every program from the cache."""
   two = str(tmp_path / 'two')
-  procs = _start(_launch_args(two), 2, str(tmp_path))
+  steps = 12  # SIGTERM after step 2, SIGKILL at the next checkpoint: both part-way (checked)
+  extra = ('--config.parallel.peer_timeout_s=10', f'--config.train.steps={steps}',
+           '--config.train.checkpoint_every=4')
+  args = _launch_args(two, *extra)
+  ckpt = os.path.join(two, 'train', 'checkpoints')
+  log = os.path.join(two, 'train', 'metrics.jsonl')
+  procs = _start(args, 2, str(tmp_path))
+  _wait_for(lambda: os.path.exists(log) and os.path.getsize(log) > 0)
+  procs[1][0].send_signal(signal.SIGTERM)
+  codes = _wait(procs, timeout=300)
+  assert codes == [128 + signal.SIGTERM] * 2, (codes, _logs(tmp_path))
+  saved = _checkpoints(ckpt)[-1]  # the SIGTERM's (after those every 4 steps)
+  assert 0 < saved < steps
+  for i in (0, 1):
+    assert f'saved checkpoint {saved}' in _log(tmp_path, i)
+
+  procs = _start(args, 2, str(tmp_path))  # resumes from `saved`
+  _wait_for(lambda: _checkpoints(ckpt)[-1] > saved)
+  procs[1][0].send_signal(signal.SIGKILL)
+  t0 = time.time()
+  codes = _wait(procs, timeout=240)
+  stopped_after = time.time() - t0
+  assert codes[1] == -signal.SIGKILL and codes[0] == 3, (codes, _logs(tmp_path))
+  lead = _log(tmp_path, 0)
+  assert 'process 1 of 2 sent no heartbeat' in lead or 'a collective between the 2' in lead, (
+      lead[-3000:])
+  assert stopped_after < 60, stopped_after  # peer_timeout 10 s, checked every 5 s
+  assert not os.path.exists(os.path.join(two, 'stages', 'train_rs.json'))
+  assert _checkpoints(ckpt)[-1] < steps  # killed part-way
+
+  procs = _start(args, 2, str(tmp_path))  # resumes from the last checkpoint, every stage
   codes = _wait(procs)
   assert codes == [0, 0], _logs(tmp_path)
+  assert _checkpoints(ckpt)[-1] == steps
+  with open(log) as f:
+    logged = [json.loads(line)['step'] for line in f if line.strip()]
+  assert logged == sorted(set(logged)) and logged[-1] == steps  # no step logged twice
   lead, other = _log(tmp_path, 0), _log(tmp_path, 1)
   assert '[devices] 2 process(es), 2 local cpu device(s)' in lead and "{'data': 4}" in lead
   assert '[train_rs] running' in lead and '[train_rs] running' not in other  # one log
@@ -193,7 +243,8 @@ def test_pipeline_on_2_processes_equals_1_process(tmp_path):
   # 1 process x 4 devices from the same trained networks: the same files.
   one = str(tmp_path / 'one')
   _same_training(two, one)
-  r = test_launch.launch(*_launch_args(one)[1:], timeout=TIMEOUT, XLA_FLAGS=_xla_flags(4))
+  r = test_launch.launch(*_launch_args(one, *extra)[1:], timeout=TIMEOUT,
+                         XLA_FLAGS=_xla_flags(4))
   assert r.returncode == 0, r.stderr[-3000:]
   a, b = _files(two, PRODUCTS), _files(one, PRODUCTS)
   assert set(a) == set(b) and len(a) == 5 * N_TRAIN + 3 * N_VAL
@@ -217,56 +268,3 @@ def test_pipeline_on_2_processes_equals_1_process(tmp_path):
   miou = lambda s: {k: v for k, v in s.items() if k.endswith('_miou')}
   assert miou(s2).keys() == miou(s1).keys()
   assert all(abs(miou(s2)[k] - miou(s1)[k]) <= 2e-3 for k in miou(s1)), (miou(s2), miou(s1))
-
-
-def _wait_for(path_fn, timeout=TIMEOUT):
-  deadline = time.time() + timeout
-  while time.time() < deadline and not path_fn():
-    time.sleep(0.5)
-
-
-def _checkpoints(folder):
-  return sorted(int(d) for d in os.listdir(folder) if d.isdigit()) if os.path.isdir(folder) else []
-
-
-def test_sigterm_then_sigkill_of_one_process_and_the_reruns_resume(tmp_path):
-  """SIGTERM on one host: every process stops at the same step and saves it (JAX's preemption
-  service). The same command resumes; SIGKILL of one process then stops the other within the
-  heartbeat timeout, naming it; the same command resumes again and finishes. One command for
-  all three launches, so the last two load every program from the compilation cache."""
-  wd = str(tmp_path / 'run')
-  steps = 12  # SIGTERM after step 2, SIGKILL at the next checkpoint: both part-way (checked)
-  args = _launch_args(wd, '--config.parallel.peer_timeout_s=10', f'--config.train.steps={steps}',
-                      '--config.train.checkpoint_every=4', '--stages=train_rs')
-  ckpt = os.path.join(wd, 'train', 'checkpoints')
-  log = os.path.join(wd, 'train', 'metrics.jsonl')
-  procs = _start(args, 2, str(tmp_path))
-  _wait_for(lambda: os.path.exists(log) and os.path.getsize(log) > 0)
-  procs[1][0].send_signal(signal.SIGTERM)
-  codes = _wait(procs, timeout=300)
-  assert codes == [128 + signal.SIGTERM] * 2, codes
-  saved = _checkpoints(ckpt)[-1]  # the SIGTERM's (after those every 4 steps)
-  assert 0 < saved < steps
-  for i in (0, 1):
-    assert f'saved checkpoint {saved}' in _log(tmp_path, i)
-
-  procs = _start(args, 2, str(tmp_path))  # resumes from `saved`
-  _wait_for(lambda: _checkpoints(ckpt)[-1] > saved)
-  procs[1][0].send_signal(signal.SIGKILL)
-  t0 = time.time()
-  codes = _wait(procs, timeout=240)
-  stopped_after = time.time() - t0
-  assert codes[1] == -signal.SIGKILL and codes[0] == 3, codes
-  lead = _log(tmp_path, 0)
-  assert 'process 1 of 2 sent no heartbeat' in lead or 'a collective between the 2' in lead, (
-      lead[-3000:])
-  assert stopped_after < 60, stopped_after  # peer_timeout 10 s, checked every 5 s
-  assert not os.path.exists(os.path.join(wd, 'stages', 'train_rs.json'))
-  assert _checkpoints(ckpt)[-1] < steps  # killed part-way
-
-  procs = _start(args, 2, str(tmp_path))  # resumes from the last checkpoint and ends
-  assert _wait(procs) == [0, 0], _logs(tmp_path)
-  assert _checkpoints(ckpt)[-1] == steps
-  with open(log) as f:
-    logged = [json.loads(line)['step'] for line in f if line.strip()]
-  assert logged == sorted(set(logged)) and logged[-1] == steps  # no step logged twice
