@@ -13,6 +13,7 @@ collectives), every wait bounded so that a hang fails instead of blocking CI.
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -88,7 +89,7 @@ def _log(log_dir, i):
 def _noise(line):
   """A line of a native crash dump (stack frames, the extension module list) or a progress bar."""
   s = line.strip()
-  return (s.startswith(('@ 0x', 'Extension modules:', 'File "')) or '%|' in s
+  return (re.match(r'@\s+0x', s) or s.startswith('Extension modules:') or '%|' in s
           or s.startswith(('*** Check failure', 'Thread 0x', 'WARNING: All log messages')))
 
 
