@@ -51,14 +51,17 @@ def test_bfloat16_pseudo_masks_agree_with_float32():
 def test_step_from_config_computes_in_the_configured_dtype():
   """The network's convolutions run in config.infer.dtype; the products stay float32."""
   cfg, model, variables, split = _fitted()
-  images = np.zeros((1, 160, 208, 3), np.uint8)
+  # The batch and kept classes of the first test's steps: its programs load from the cache.
+  images = np.zeros((2, 160, 208, 3), np.uint8)
+  sizes = np.array(SIZES, np.int32)
+  num_kept = int(split.labels.sum(1).max())
   for dtype, want in (('float32', 'f32'), ('bfloat16', 'bf16')):
     cfg = reference.override(cfg, {'infer.dtype': dtype})
-    step = infer.step_from_config(cfg, model, num_kept=2)
-    (_, jitted, args, _), = [p for p in step.plan_parts(variables, images, np.array([[150, 200]]),
-                                                        split.labels[:1]) if p[0] == 'pass scale 1']
+    step = infer.step_from_config(cfg, model, num_kept=num_kept)
+    (_, jitted, args, _), = [p for p in step.plan_parts(variables, images, sizes, split.labels)
+                             if p[0] == 'pass scale 1']
     hlo = jitted.lower(*args).as_text()
     convs = [line for line in hlo.splitlines() if 'stablehlo.convolution' in line]
     assert convs and all(line.rstrip().endswith(f'x{want}>') for line in convs)
-    out = step(variables, images, np.array([[150, 200]], np.int32), split.labels[:1])
+    out = step(variables, images, sizes, split.labels)
     assert all(v.dtype in (np.float32, np.int32) for v in jax.tree.leaves(out))
