@@ -104,6 +104,7 @@ class Watchdog:
     self._index, self._count = process_index, process_count  # None: jax's, on entering
     self._beats = 0
     self._seen = {}  # peer -> (its last counter value read, when it last changed: our clock)
+    self._started = clock()  # a peer never heard from is silent since then (reset on entering)
     self._stop = threading.Event()
     self._thread = None
 

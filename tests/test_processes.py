@@ -34,10 +34,8 @@ class Clock:
 
 
 def _watchdog(store, clock, i, n=3, timeout=60.0):
-  dog = processes.Watchdog(timeout, client_fn=lambda: store, clock=clock, process_index=i,
-                           process_count=n)
-  dog._started = clock()  # as __enter__ does, without its thread
-  return dog
+  return processes.Watchdog(timeout, client_fn=lambda: store, clock=clock, process_index=i,
+                            process_count=n)
 
 
 def test_silence_is_counted_on_the_checkers_clock_from_the_last_new_beat():
@@ -110,7 +108,6 @@ def test_a_finished_peer_is_never_lost_and_a_failed_beat_does_not_stop_the_watch
   flaky.values['recurseed/alive/0'] = 'done'
   dog = processes.Watchdog(60.0, interval=0.001, exit_fn=exits.append, client_fn=lambda: flaky,
                            process_index=1, process_count=2)
-  dog._started = dog._clock()
   dog._run()
   assert beats == ['1', '2', '3', '4'] and flaky.values['recurseed/alive/1'] == '4'
   assert not exits
