@@ -3,7 +3,7 @@
 Command:
     python launch.py                      # = --config configs/default.py --workdir runs/default
 
-Expected (2 CPU cores; stage times 307-322 s with a cold compilation cache, 285-294 s warm),
+Expected (2 CPU cores; stage times 262-322 s with a cold compilation cache, 285-294 s warm),
 summary.json mIoU, mean ± std over --config.seed=0,1,2: plain-CAM baseline seed 45.2 ± 1.5,
 RecurSeed network's CAM seed 59.7 ± 2.3, RecurSeed seed 60.1 ± 1.0, pseudo masks after CRF
 80.8 ± 1.1, segmentation head on val 61.9 ± 0.4, fully supervised upper bound on val 84.2 ± 0.4
