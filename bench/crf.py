@@ -22,6 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import default
 from recurseed_jax import cli
 from recurseed_jax import crf
+from recurseed_jax import host_info
 
 VOC_TRAIN_AUG = 10582
 
@@ -87,7 +88,8 @@ def main(argv=None):
   for labels, hours in projection.items():
     text = ', '.join(f'{n} cores {h:.2f} h' for n, h in hours.items())
     print(f'VOC train_aug ({VOC_TRAIN_AUG} images), {labels} labels: {text}')
-  print(json.dumps(dict(bench='crf', size=size, rows=rows, voc_train_aug_hours=projection)))
+  print(json.dumps(dict(bench='crf', size=size, rows=rows, voc_train_aug_hours=projection,
+                        machine=host_info.describe())))
 
 
 if __name__ == '__main__':

@@ -45,6 +45,7 @@ import types
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from recurseed_jax import cli  # os and sys only: jax is imported after the XLA flags are set
+from recurseed_jax import host_info  # os and sys only
 
 VOC_TRAIN_AUG = 10582
 GIB = 2**30
@@ -439,7 +440,8 @@ def main(args):
   result = dict(bench='infer', preset=args.config or args.preset, segmenter=args.segmenter,
                 platform=m.jax.devices()[0].platform, size=size, bucket=bucket,
                 batch=args.batch, scales=list(cfg.infer.scales), dtype=cfg.infer.dtype,
-                interpolation=cfg.infer.interpolation, cores=os.cpu_count())
+                interpolation=cfg.infer.interpolation, cores=os.cpu_count(),
+                machine=host_info.describe())
   print(f"\nseeds step: {result['preset']}{' segmenter' if args.segmenter else ''}, bucket "
         f"{bucket[0]}x{bucket[1]}, scales {tuple(cfg.infer.scales)} + flip, "
         f"{cfg.infer.interpolation}, {cfg.infer.dtype}")

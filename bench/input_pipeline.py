@@ -25,6 +25,7 @@ from configs import voc12_rs50
 from data_pipeline import providers
 from data_pipeline import voc
 from recurseed_jax import cli
+from recurseed_jax import host_info
 
 
 def make_tree(root, n, seed=0):
@@ -98,6 +99,7 @@ def main(argv=None):
           f"{r['images_per_s_per_thread']} |")
   one = [r['images_per_s_per_thread'] for r in rows if r['threads'] == 1]
   print(json.dumps(dict(bench='input_pipeline', image_size='500x375', crop=512,
+                        machine=host_info.describe(),
                         long_side=[320, 640], batch=args.batch, cores=cores, results=rows,
                         images_per_s_per_core=max(one) if one else None)))
 

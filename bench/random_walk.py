@@ -26,6 +26,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable-next=g-import-not-at-top,wrong-import-position
+from recurseed_jax import host_info
 from recurseed_jax.method import random_walk
 
 MIB = 2**20
@@ -127,6 +128,7 @@ def main(argv=None):
   print(f"Full size, one image: sparse {speed:.0f}x faster, "
         f"{dense['peak_mib'] / sparse['peak_mib']:.0f}x less memory (dense: {dense['note']}).")
   print(json.dumps(dict(bench='random_walk', image_size=[h, w], cells=list(cells),
+                        machine=host_info.describe(),
                         classes=args.classes, platform=jax.devices()[0].platform,
                         rows=rows)))
 

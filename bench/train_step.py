@@ -65,6 +65,7 @@ if _ROOT not in sys.path:
   sys.path.insert(0, _ROOT)
 
 from recurseed_jax import cli  # os and sys only
+from recurseed_jax import host_info
 
 FRAMEWORKS = ('jax', 'torch')
 BACKBONES = ('resnet50', 'resnet101', 'tiny')
@@ -655,6 +656,7 @@ def main(argv=None):
     res = profile_jax(args)
     table = print_profile(args, res)
     print(json.dumps(dict(bench='train_step_profile', backbone=args.backbone, crop=args.crop,
+                          machine=host_info.describe(),
                           batch=args.batch, dtype=args.dtype, mix=args.mix, device=res['device'],
                           trace=res['trace'], step=res['step'],
                           parts=[dict(part=n, flops=f, ms=t) for n, f, t in table])))
@@ -680,7 +682,8 @@ def main(argv=None):
   summary = dict(bench='train_step', backbone=args.backbone, crop=args.crop, batch=args.batch,
                  dtype=args.dtype, mix=args.mix, steps=args.steps, warmup=args.warmup,
                  refine=args.refine, cores=os.cpu_count(), ratio_jax_over_torch=ratio,
-                 device=results[0]['device'], results=results)
+                 device=results[0]['device'], machine=host_info.describe(),
+                 results=results)
   print(json.dumps(summary, default=lambda x: None))
 
 

@@ -63,6 +63,8 @@ def test_end_to_end_multistage_resume_and_rerun_skips(every_stage_run, tmp_path)
   overlapped = {'seeds', 'crf'}  # one wall time, one entry
   assert set(summary['seconds']) == set(stages.STAGES) - overlapped | {'seeds+crf'}
   assert summary['seconds_total'] == pytest.approx(sum(summary['seconds'].values()), abs=0.05)
+  assert summary['machine']['cores'] >= 1 and summary['machine']['backend'] == 'cpu'
+  assert f"on {summary['machine']['cpu']} (" in stdout  # the table says where it was measured
   for run in ('segmenter', 'boundary'):
     assert os.path.isdir(os.path.join(wd, run, 'checkpoints', '4'))
   for folder in ('ir_labels', 'pseudo_masks_rw', 'pseudo_masks_rw_crf'):

@@ -18,6 +18,7 @@ import time
 
 import jax
 
+from recurseed_jax import host_info
 from recurseed_jax import io_utils
 from recurseed_jax import processes
 from recurseed_jax.stages import products
@@ -138,6 +139,7 @@ def finalize_summary(ctx):
   summary['seconds'] = seconds
   summary['seconds_total'] = round(sum(seconds.values()), 2)
   summary['devices'] = jax.device_count()
+  summary['machine'] = host_info.describe()  # the seconds (and XLA:CPU's sums) depend on it
   io_utils.save_json(path, summary)
   return summary
 
@@ -152,4 +154,6 @@ def format_summary(summary):
   if secs:
     lines.append('')
     lines.append('seconds per stage: ' + ', '.join(f'{k} {v:.0f}' for k, v in secs.items()))
+  if 'machine' in summary:
+    lines.append(f"on {host_info.one_line(summary['machine'])}")
   return '\n'.join(lines)
