@@ -3,10 +3,11 @@
 Command:
     python launch.py                      # = --config configs/default.py --workdir runs/default
 
-Expected (2 CPU cores; stage times 262-322 s with a cold compilation cache, 285-294 s warm),
-summary.json mIoU, mean ± std over --config.seed=0,1,2: plain-CAM baseline seed 45.2 ± 1.5,
-RecurSeed network's CAM seed 59.7 ± 2.3, RecurSeed seed 60.1 ± 1.0, pseudo masks after CRF
-80.8 ± 1.1, segmentation head on val 61.9 ± 0.4, fully supervised upper bound on val 84.2 ± 0.4
+Expected (2 CPU cores, AMD EPYC with AVX2, at a63192c; stage times 531 s with a cold
+compilation cache, 502 s warm; the earlier rounds' machine ran the 64-channel demo in 262-322 s),
+summary.json mIoU, mean ± std over --config.seed=0,1,2: plain-CAM baseline seed 46.3 ± 3.8,
+RecurSeed network's CAM seed 59.8 ± 3.3, RecurSeed seed 61.4 ± 0.6, pseudo masks after CRF
+84.4 ± 1.3, segmentation head on val 65.3 ± 1.3, fully supervised upper bound on val 84.2 ± 0.4
 (README, "Quick start"; docs/results.md).
 
 Every knob of METHOD.md sections 2-5 is a field here; real configs (VOC, COCO) change the data,

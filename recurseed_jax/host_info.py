@@ -1,9 +1,9 @@
 """What machine a figure was measured on: the CPU's name, cores and vector extensions, and jax's.
 
 Timings and even the demo's mIoU table depend on the CPU: XLA:CPU generates code for the vector
-extensions it finds (AVX-512 or AVX2), which changes both its speed (the same demo ran 2.4x
-slower on an AVX2-only 2-core AMD EPYC than on the machine of earlier figures) and the order of
-its float sums. So summary.json and every bench/ JSON line carry this description.
+extensions it finds (AVX-512 or AVX2), which changes its speed (the same demo ran 2.4x slower on
+an AVX2-only 2-core AMD EPYC than on the earlier rounds' machine, whose CPU nobody recorded) and
+the order of its float sums. So summary.json and every bench/ JSON line carry this description.
 """
 
 import os
