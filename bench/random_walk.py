@@ -27,6 +27,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable-next=g-import-not-at-top,wrong-import-position
 from recurseed_jax import host_info
+
+# pylint: disable-next=g-import-not-at-top,wrong-import-position
 from recurseed_jax.method import random_walk
 
 MIB = 2**20

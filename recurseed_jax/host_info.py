@@ -15,31 +15,29 @@ VECTOR_FLAGS = ('avx512f', 'avx512_bf16', 'avx512_vnni', 'amx_tile', 'avx2', 'fm
                 'asimd')
 
 
-def cpu_name(cpuinfo='/proc/cpuinfo'):
-  """The CPU's marketing name ('model name' on x86, else the platform's processor string)."""
+def _first_value(cpuinfo, keys):
+  """The value of the first line of `cpuinfo` whose key is one of `keys` (None: none or no file)."""
   try:
     with open(cpuinfo) as f:
       for line in f:
         key, _, value = line.partition(':')
-        if key.strip() in ('model name', 'Model', 'Hardware') and value.strip():
+        if key.strip() in keys and value.strip():
           return value.strip()
   except OSError:
     pass
-  return platform.processor() or platform.machine()
+  return None
+
+
+def cpu_name(cpuinfo='/proc/cpuinfo'):
+  """The CPU's marketing name ('model name' on x86, else the platform's processor string)."""
+  return (_first_value(cpuinfo, ('model name', 'Model', 'Hardware')) or platform.processor()
+          or platform.machine())
 
 
 def vector_flags(cpuinfo='/proc/cpuinfo'):
   """Those of VECTOR_FLAGS the first CPU lists, in VECTOR_FLAGS' order ([] when unknown)."""
-  try:
-    with open(cpuinfo) as f:
-      for line in f:
-        key, _, value = line.partition(':')
-        if key.strip() in ('flags', 'Features'):
-          have = set(value.split())
-          return [flag for flag in VECTOR_FLAGS if flag in have]
-  except OSError:
-    pass
-  return []
+  have = set((_first_value(cpuinfo, ('flags', 'Features')) or '').split())
+  return [flag for flag in VECTOR_FLAGS if flag in have]
 
 
 def cores():
