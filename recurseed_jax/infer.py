@@ -750,14 +750,17 @@ def _unpack(batch, outs):
 
 
 def run_split(step, variables, split, indices, buckets, batch_size, *, with_labels,
-              sharding=None, prefetch=2, progress=None):
+              todo=None, sharding=None, prefetch=2, progress=None):
   """Runs `step` (make_infer_step) of every model over the images `indices` of a split.
 
   Args:
     step: the jitted step; compiles once per bucket (and per labels / no labels).
     variables: {name: model variables}; each batch runs every model (one decode per image).
     split: data_pipeline/splits.py interface.
-    indices: which images, e.g. those without outputs yet.
+    indices: which images: all that a run without interruption would take (they set the
+      batches, and XLA:CPU's results can depend on an image's batch and its place in it).
+    todo: of those, the ones to yield (e.g. those without outputs yet; None: all). Only the
+      batches holding one run, whole, so that a resumed run gives an uninterrupted one's values.
     buckets: [(H, W)]; each image goes to the smallest that holds it (see plan_batches).
     batch_size: fixed per call; with a sharding, a multiple of the device count.
     with_labels: keep the image labels' classes (training images) or threshold (val/test).
@@ -771,6 +774,9 @@ def run_split(step, variables, split, indices, buckets, batch_size, *, with_labe
     make_infer_step's, cropped to the image and, for seeds, to its kept classes.
   """
   plan = plan_batches(split, indices, buckets, batch_size)
+  if todo is not None:
+    todo = set(todo)
+    plan = [(bucket, idx) for bucket, idx in plan if todo.intersection(idx)]
   batches = (load_batch(split, idx, bucket, batch_size, with_labels) for bucket, idx in plan)
   put = (lambda a: a) if sharding is None else (lambda a: jax.device_put(a, sharding))
   pending = None
@@ -779,14 +785,21 @@ def run_split(step, variables, split, indices, buckets, batch_size, *, with_labe
     labels = None if batch['labels'] is None else put(batch['labels'])
     outs = {name: step(v, *args, labels) for name, v in variables.items()}
     if pending is not None:  # dispatch is asynchronous: this one runs while we unpack the last
-      yield from _unpack(*pending)
-      if progress is not None:
-        progress.update(len(pending[0]['indices']))
+      yield from _wanted(pending, todo, progress)
     pending = (batch, outs)
   if pending is not None:
-    yield from _unpack(*pending)
-    if progress is not None:
-      progress.update(len(pending[0]['indices']))
+    yield from _wanted(pending, todo, progress)
+
+
+def _wanted(pending, todo, progress):
+  """_unpack's items of the images in `todo` (all when None), counted on the progress bar."""
+  n = 0
+  for item in _unpack(*pending):
+    if todo is None or item[0] in todo:
+      n += 1
+      yield item
+  if progress is not None:
+    progress.update(n)
 
 
 class Engine:
@@ -824,11 +837,12 @@ class Engine:
       self._steps[num_kept] = step_from_config(self.config, self.model, num_kept, self.segmenter)
     return self._steps[num_kept]
 
-  def run_split(self, names, split, indices, num_kept, desc):
+  def run_split(self, names, split, indices, num_kept, desc, todo=None):
     """run_split of the models in workdir subfolders `names` ({key: subfolder}), with a bar."""
     cfg = self.config
     variables = {key: self.variables(name) for key, name in names.items()}
-    with tqdm(total=len(indices), desc=desc, unit='img', dynamic_ncols=True) as bar:
+    total = len(indices if todo is None else todo)
+    with tqdm(total=total, desc=desc, unit='img', dynamic_ncols=True) as bar:
       yield from run_split(self.step(num_kept), variables, split, indices, cfg.infer.buckets,
-                           cfg.infer.batch_size, with_labels=num_kept is not None,
+                           cfg.infer.batch_size, with_labels=num_kept is not None, todo=todo,
                            sharding=self.sharding, prefetch=cfg.infer.prefetch, progress=bar)

@@ -412,6 +412,38 @@ def test_plan_batches_buckets_and_errors():
     infer.plan_batches(split, range(5), [(24, 24), (40, 32)], 2)
 
 
+def _batch_dependent_step(variables, images, valid_hw, labels):
+  """A prediction step whose every output depends on the whole batch and the image's place in
+  it, as XLA:CPU's rounding can."""
+  del variables, valid_hw, labels
+  b, h, w, _ = images.shape
+  whole = int(images.astype(np.int64).sum()) % 97
+  pred = ((np.arange(b)[:, None, None] + whole) % 200 + np.zeros((b, h, w))).astype(np.uint8)
+  return dict(class_prob=np.full((b, 3), whole, np.float32), pred=pred,
+              keep=np.zeros((b, 3), bool))
+
+
+def test_run_split_todo_runs_the_uninterrupted_batches():
+  """A resumed run (todo: the images left) gives each image an uninterrupted run's batch and
+  place, so the same values; it yields and counts only the todo images."""
+  split = _SizedSplit([(20, 24), (24, 24), (17, 9), (24, 20), (16, 16), (24, 24), (9, 9)])
+  run = lambda **kw: {i: out['m'] for i, _, out in infer.run_split(
+      _batch_dependent_step, {'m': None}, split, range(7), [(24, 24)], 3, with_labels=False,
+      **kw)}
+  whole = run()
+  progress = _Progress()
+  todo = [2, 3, 6]  # batches [0, 1, 2], [3, 4, 5], [6]: 0, 1, 4 and 5 were done before a kill
+  resumed = run(todo=todo, progress=progress)
+  assert sorted(resumed) == todo and sum(progress.updates) == len(todo)
+  for i in todo:
+    np.testing.assert_array_equal(resumed[i]['pred'], whole[i]['pred'])
+    np.testing.assert_array_equal(resumed[i]['class_prob'], whole[i]['class_prob'])
+  # Without the whole list, the same images in other batches: other values (what was wrong).
+  alone = {i: out['m'] for i, _, out in infer.run_split(
+      _batch_dependent_step, {'m': None}, split, todo, [(24, 24)], 3, with_labels=False)}
+  assert any(not np.array_equal(alone[i]['pred'], whole[i]['pred']) for i in todo)
+
+
 @pytest.mark.slow
 def test_run_split_compiles_once_per_bucket():
   """Seven sizes, two buckets, two scales unrolled: two compilations of the step, no more."""

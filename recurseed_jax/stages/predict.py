@@ -46,8 +46,9 @@ def run(ctx):
 
     def items(split=split, todo=todo, raw_dir=raw_dir, split_name=split_name):
       with products.Writer(cfg.infer.io_threads) as writer:
-        for i, image, out in eng.run_split({'seg': config_lib.SEGMENTER_SUBFOLDER}, split, todo,
-                                           None, f'predict {split_name}'):
+        for i, image, out in eng.run_split({'seg': config_lib.SEGMENTER_SUBFOLDER}, split,
+                                           processes.share(len(split)), None,
+                                           f'predict {split_name}', todo=todo):
           res, image_id = out['seg'], split.ids[i]
           raw = os.path.join(raw_dir, f'{image_id}.png')
           if not os.path.exists(raw):

@@ -38,10 +38,13 @@ def pad_size(config, split, indices):
   return -(-side // 16) * 16
 
 
-def _batches(ctx, split, indices, size, num_kept, batch_size):
-  """Padded images, valid sizes, the stored seeds (padded) and their classes, batch by batch."""
+def _batches(ctx, split, indices, todo, size, num_kept, batch_size):
+  """Padded images, valid sizes, the stored seeds (padded) and their classes, batch by batch:
+  the batches of `indices` (as infer.run_split's) that hold an image of the set `todo`."""
   plan = infer.plan_batches(split, indices, [(size, size)], batch_size)
   for bucket, idx in plan:
+    if not todo.intersection(idx):
+      continue
     batch = infer.load_batch(split, idx, bucket, batch_size, with_labels=False)
     seeds = np.zeros((batch_size, size, size, num_kept), np.float32)
     classes = np.full((batch_size, num_kept), -1, np.int32)
@@ -59,7 +62,8 @@ def run(ctx):
   with_crf = cfg.pseudo.method == 'random_walk+crf'
   folders = [RW] + ([RW_CRF] if with_crf else [])
   train = ctx.data.split('train')
-  todo = products.missing_masks(ctx, train, *folders, indices=processes.share(len(train)))
+  share = processes.share(len(train))
+  todo = products.missing_masks(ctx, train, *folders, indices=share)
   if not todo:
     return dict(images=0)
   for folder in folders:
@@ -87,11 +91,14 @@ def run(ctx):
   def items():
     with products.Writer(cfg.infer.io_threads) as writer, tqdm(
         total=len(todo), desc='random walk', unit='img', dynamic_ncols=True) as bar:
-      batches = _batches(ctx, train, todo, size, num_kept, w.batch_size)
+      wanted = set(todo)
+      batches = _batches(ctx, train, share, wanted, size, num_kept, w.batch_size)
       for batch in io_utils.background_iter(batches, cfg.infer.prefetch):
         out = jax.device_get(step(variables, put(batch['images']), put(batch['valid_hw']),
                                   put(batch['seeds']), put(batch['classes'])))
         for j, i in enumerate(batch['indices']):
+          if i not in wanted:  # done by an earlier run; in the batch for its companions' values
+            continue
           image_id = train.ids[i]
           h, w_ = (int(v) for v in batch['valid_hw'][j])
           path = products.mask_path(ctx, image_id, RW)
@@ -101,7 +108,7 @@ def run(ctx):
             k = 1 + int((batch['classes'][j] >= 0).sum())
             yield (image_id, crf_stage.crf_image(cfg, batch['images'][j, :h, :w_]),
                    out['scores'][j, :h, :w_, :k], out['lut'][j, :k])
-        bar.update(len(batch['indices']))
+        bar.update(len(wanted.intersection(batch['indices'])))
 
   if with_crf:
     crf_lib.run_crf(items(), ctx.path(RW_CRF),

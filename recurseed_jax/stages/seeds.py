@@ -58,7 +58,8 @@ def _stream(ctx, with_crf):
         names['cam'] = 'cam_baseline'
       # From every image: the same program whatever the split over processes or the resume.
       num_kept = max(1, int((train.labels > 0).sum(axis=1).max()))
-      for i, image, out in eng.run_split(names, train, todo, num_kept, 'seeds'):
+      for i, image, out in eng.run_split(names, train, mine, num_kept, 'seeds',
+                                             todo=todo):
         image_id = train.ids[i]
         rs = out['rs']
         arrays = dict(classes=rs['classes'].astype(np.uint8), rs=encode(rs['seg']),
@@ -79,12 +80,14 @@ def _stream(ctx, with_crf):
       dirs = {key: ctx.path('predictions', key) for key in names}
       for d in dirs.values():
         os.makedirs(d, exist_ok=True)
-      todo_p = [i for i in processes.share(len(split))
+      share = processes.share(len(split))
+      todo_p = [i for i in share
                 if not all(os.path.exists(os.path.join(d, f'{split.ids[i]}.png'))
                            for d in dirs.values())]
       if not todo_p:
         continue
-      for i, _, out in eng.run_split(names, split, todo_p, None, f'predict {split_name}'):
+      for i, _, out in eng.run_split(names, split, share, None, f'predict {split_name}',
+                                     todo=todo_p):
         for key, res in out.items():
           path = os.path.join(dirs[key], f'{split.ids[i]}.png')
           if not os.path.exists(path):
