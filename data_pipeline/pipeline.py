@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from data_pipeline import augment
+from recurseed_jax import host_info
 from recurseed_jax import io_utils
 
 try:
@@ -38,6 +39,8 @@ except RuntimeError:
 # Domains of the key derivation, so the permutation and the augmentation draws never collide.
 _PERMUTATION_DOMAIN = 0
 _AUGMENT_DOMAIN = 1
+# Batches the training stream prepares ahead of the step that takes them.
+PREFETCH_BATCHES = 4
 
 
 @dataclasses.dataclass
@@ -269,12 +272,18 @@ def train_stream(source, *, batch_size, crop_size, scale_range=None, long_side_r
         'index': tf.cast(index, tf.int32),
     }
 
+  # Fixed parallelism and prefetch depth, and tf.data's autotuner off: the autotuner is a thread
+  # that the iterator's destructor waits for, and under XLA's load on a 2-core machine that wait
+  # took 22-27 s at the end of a network's training (py-spy: RootDataset::Iterator::~Iterator).
+  # Prefetching 4 batches matched the autotuner's throughput (bench/input_pipeline.py, 2 cores).
+  parallel = int(threads) if threads else host_info.cores()
   ds = tf.data.Dataset.counter(start=start_step * local_batch, dtype=tf.int64)
-  ds = ds.map(element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = ds.map(element, num_parallel_calls=parallel, deterministic=True)
   ds = ds.batch(local_batch, drop_remainder=drop_remainder)
-  ds = ds.prefetch(tf.data.AUTOTUNE)
+  ds = ds.prefetch(PREFETCH_BATCHES)
   options = tf.data.Options()
   options.deterministic = True
+  options.autotune.enabled = False
   if threads:
     options.threading.private_threadpool_size = int(threads)
   return ds.with_options(options)

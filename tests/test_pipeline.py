@@ -115,6 +115,15 @@ def test_same_seed_same_batches_other_seed_differs(data):
   assert not all(np.array_equal(a['index'], b['index']) for a, b in zip(first, other))
 
 
+def test_stream_runs_without_the_autotuner(data):
+  # tf.data's autotuner is a thread the iterator's destructor waits for; under XLA's load that
+  # wait stalled the end of each network's training for 20-30 s. Parallelism is fixed instead.
+  assert _full_aug(data).options().autotune.enabled is False
+  threaded = _full_aug(data, threads=1)
+  assert threaded.options().threading.private_threadpool_size == 1
+  _assert_batches_equal(_take(_full_aug(data), 3), _take(threaded, 3))  # the same stream
+
+
 def test_start_step_resumes_exactly(data):
   fresh = _take(_full_aug(data), 6)
   resumed = _take(_full_aug(data, start_step=3), 3)
