@@ -8,9 +8,10 @@
   session (one pytest-xdist worker makes it, the others wait for it): the end-to-end test checks
   it, the kill test compares its killed and resumed run with it, the full-disk test starts from
   its trained networks. Read it only; copy to change it.
-- fast_compiles: XLA's optimisations off while a module runs; a module opts in with
-  `pytestmark = pytest.mark.usefixtures('fast_compiles')` (compiling train steps is most of its
-  cost, and unoptimised programs give the same numbers to float precision).
+- fast_compiles (every test): XLA's optimisations off in this process, as in the launches
+  (compiling is most of an in-process test's cost, and unoptimised programs give the same
+  numbers to float precision); a test of the optimised program itself asks for
+  `optimized_compiles`.
 - one_torch_thread: torch on one thread while a module runs (on a busy 2-core machine torch's
   spinning workers slow it down 10-20x); opted into the same way.
 """
@@ -82,12 +83,21 @@ def every_stage_run(tmp_path_factory):
   return dict(workdir=str(workdir), stdout=(folder / 'stdout.txt').read_text())
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session', autouse=True)
 def fast_compiles():
-  old = jax.config.read('jax_disable_most_optimizations')
+  """XLA's optimisations off in the test process, as in its launches (test_launch.ENV): compiles
+  are most of an in-process test's time, and unoptimised programs compute the same numbers to
+  float precision (measured: 8 modules, 104 tests, 373 s -> 281 s, all passing either way)."""
   jax.config.update('jax_disable_most_optimizations', True)
+
+
+@pytest.fixture
+def optimized_compiles():
+  """XLA's optimisations on for one test: what it checks is the optimised program (a memory
+  plan)."""
+  jax.config.update('jax_disable_most_optimizations', False)
   yield
-  jax.config.update('jax_disable_most_optimizations', old)
+  jax.config.update('jax_disable_most_optimizations', True)
 
 
 @pytest.fixture(scope='module')

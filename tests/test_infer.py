@@ -331,7 +331,7 @@ def test_predict_keeps_the_classes_asked_for():
 
 
 @pytest.mark.slow
-def test_memory_plan_keeps_one_pass_alive():
+def test_memory_plan_keeps_one_pass_alive(optimized_compiles):
   """XLA's plan: the step's largest part needs less than the one-function step's largest scale
   alone (both orientations), far less than all scales in one function; every pass writes into
   the donated running sums."""

@@ -3,8 +3,8 @@
 A tiny config (width 8, 32 x 32 crops, batch 4) keeps every compile short. Compiling train steps
 is the whole cost of this file, so each step variant is compiled once and covers one refinement
 kind: weak + CertainMix without refinement, weak + PAMR, full supervision, and weak + SCG (the
-default) inside the two `train()` runs; and XLA's slow optimisation passes are off while this
-module runs (see `_fast_compiles`).
+default) inside the two `train()` runs; XLA's slow optimisation passes are off, as in every
+test (conftest.py's `fast_compiles`).
 """
 
 import functools
@@ -23,8 +23,6 @@ from recurseed_jax import models
 from recurseed_jax import objectives
 from recurseed_jax import train
 import reference
-
-pytestmark = pytest.mark.usefixtures('fast_compiles')
 
 NUM_CLASSES = 5
 CROP = 32

@@ -22,8 +22,6 @@ from recurseed_jax.method import random_walk
 from recurseed_jax.models import boundary_net
 import reference
 
-pytestmark = pytest.mark.usefixtures('fast_compiles')
-
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 SIZE = 48  # the padded square
 SIZES = ((40, 27), (33, 48))  # odd sizes: partial cells of 4, and one full width

@@ -22,8 +22,6 @@ from recurseed_jax.method import certainty
 from recurseed_jax.method import seeds
 import reference
 
-pytestmark = pytest.mark.usefixtures('fast_compiles')
-
 NUM_CLASSES, CROP, BATCH = 5, 32, 4
 
 
