@@ -486,6 +486,7 @@ def test_run_split_compiles_once_per_bucket():
     assert set(np.unique(res['pred']).tolist()) <= {0} | set((res['keep'] + 1).tolist())
 
 
+@pytest.mark.slow  # over 5 s; the module keeps fast tests
 def test_array_split_runs_without_buckets():
   """The synthetic demo's splits (one size, no buckets configured): one bucket, no padding."""
   _, variables = _model_and_variables()

@@ -196,6 +196,7 @@ def test_param_tree_top_level():
   assert set(head['classifier']) == {'kernel'}
 
 
+@pytest.mark.slow  # over 5 s; the module keeps fast tests
 def test_batch_norm_stats_update_only_in_train():
   variables, x = _init(), _images()
   _, train_state = _apply(train=True)(variables, x, 1)

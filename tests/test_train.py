@@ -200,6 +200,7 @@ def test_full_supervision_step_ema_and_nonfinite_guard():
   assert float(m['finite']) == 1 and int(after2.nonfinite_run) == 0 and int(after2.nonfinite) == 1
 
 
+@pytest.mark.slow  # over 5 s; the module keeps fast tests
 def test_bfloat16_computes_in_bf16_with_fp32_params_and_losses():
   cfg = _config(**{'train.dtype': 'bfloat16'})
   model = train.build_model(cfg, NUM_CLASSES)
@@ -216,6 +217,7 @@ def test_bfloat16_computes_in_bf16_with_fp32_params_and_losses():
   assert all(metrics[k].dtype == jnp.float32 for k in ('loss', 'cls', 'seg', 'cam', 'mix_seg'))
 
 
+@pytest.mark.slow  # over 5 s; the module keeps fast tests
 def test_cam_baseline_step_trains_only_the_cam_path():
   state, new_state, m, _ = _one_step(_config(), supervision='cam')
   assert set(m) == {'cls', 'loss', 'lr'} | GUARD_KEYS  # and seed_confusion (its CAM seed)
