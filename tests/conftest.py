@@ -13,7 +13,8 @@
   numbers to float precision); a test of the optimised program itself asks for
   `optimized_compiles`.
 - one_torch_thread: torch on one thread while a module runs (on a busy 2-core machine torch's
-  spinning workers slow it down 10-20x); opted into the same way.
+  spinning workers slow it down 10-20x); a module opts in with
+  `pytestmark = pytest.mark.usefixtures('one_torch_thread')`.
 """
 
 import fcntl
@@ -95,9 +96,10 @@ def fast_compiles():
 def optimized_compiles():
   """XLA's optimisations on for one test: what it checks is the optimised program (a memory
   plan)."""
+  old = jax.config.read('jax_disable_most_optimizations')
   jax.config.update('jax_disable_most_optimizations', False)
   yield
-  jax.config.update('jax_disable_most_optimizations', True)
+  jax.config.update('jax_disable_most_optimizations', old)
 
 
 @pytest.fixture(scope='module')

@@ -117,7 +117,7 @@ def test_same_seed_same_batches_other_seed_differs(data):
 
 def test_stream_runs_without_the_autotuner(data):
   # tf.data's autotuner is a thread the iterator's destructor waits for; under XLA's load that
-  # wait stalled the end of each network's training for 20-30 s. Parallelism is fixed instead.
+  # wait stalled the end of some networks' training for 22-27 s. Parallelism is fixed instead.
   assert _full_aug(data).options().autotune.enabled is False
   threaded = _full_aug(data, threads=1)
   assert threaded.options().threading.private_threadpool_size == 1
