@@ -10,6 +10,7 @@ Parallel modes (parallel.py): under 'jit' the step sees the global batch; under 
 collectives, so both give the numbers of a one-device run (see `make_train_step`).
 """
 
+import contextlib
 import dataclasses
 import functools
 import os
@@ -325,12 +326,14 @@ class NonFiniteError(RuntimeError):
   """Too many steps in a row had a non-finite loss or gradient."""
 
 
-class _Signals:
+class Signals:
   """Records SIGTERM / SIGINT instead of dying, so the loop can save at a step boundary.
 
   Single-process runs only: in a multi-host run, JAX's preemption service owns SIGTERM and the
   loop asks the checkpoint manager for the common stop step instead. A second SIGINT while the
-  flag is set raises KeyboardInterrupt (a user insisting).
+  flag is set raises KeyboardInterrupt (a user insisting). Handlers can only be set from the main
+  thread: networks trained side by side (train_side_by_side) share the main thread's Signals,
+  and `stop()` ends them all at their next step (one of them failed).
   """
 
   def __init__(self):
@@ -343,6 +346,10 @@ class _Signals:
       raise KeyboardInterrupt
     self.received = signum
 
+  def stop(self):
+    if self.received is None:
+      self.received = signal.SIGTERM
+
   def __enter__(self):
     if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
       for s in (signal.SIGTERM, signal.SIGINT):
@@ -352,6 +359,7 @@ class _Signals:
   def __exit__(self, *exc):
     for s, old in self._old.items():
       signal.signal(s, old)
+    self._old = {}
 
 
 def _use_mix(config, supervision, step):
@@ -400,7 +408,7 @@ class _Logger:
 
 
 def train(config, workdir, num_classes, *, supervision='weak', desc='train', data_iter_fn=None,
-          mesh=None, init_fn=None):
+          mesh=None, init_fn=None, signals=None, bar_position=None):
   """Runs (or resumes) training into `workdir`; returns the final variables.
 
   `data_iter_fn(start_step)` returns this process's batch iterator from global step start_step
@@ -409,7 +417,9 @@ def train(config, workdir, num_classes, *, supervision='weak', desc='train', dat
   SIGTERM / SIGINT, after which Interrupted is raised); metrics: `<workdir>/metrics.jsonl` and
   TensorBoard events in `<workdir>` (process 0 only). Raises NonFiniteError after
   train.max_nonfinite non-finite steps in a row. `init_fn(variables) -> variables` runs after
-  config.model.init on a fresh start (not on resume).
+  config.model.init on a fresh start (not on resume). `signals`: a Signals the caller entered
+  (shared by networks trained side by side; None: the loop's own); `bar_position`: the progress
+  bar's line (tqdm's position).
   """
   total = config.train.steps
   if total == 0:  # inference from config.model.init only (see restore_variables)
@@ -433,10 +443,12 @@ def train(config, workdir, num_classes, *, supervision='weak', desc='train', dat
     batches = data_iter_fn(start)
     writer = metrics_lib.MetricWriter(workdir, start, enabled=lead,
                                       tensorboard=config.train.tensorboard)
-    bar = tqdm(desc=desc, initial=start, total=total, dynamic_ncols=True, disable=not lead)
+    bar = tqdm(desc=desc, initial=start, total=total, dynamic_ncols=True, disable=not lead,
+               position=bar_position)
     log = _Logger(config, writer, bar, start)
     pending = None  # (step, metrics) not yet fetched: fetching lags one step behind dispatch
-    with writer, bar, _Signals() as signals:
+    own = Signals() if signals is None else contextlib.nullcontext(signals)
+    with writer, bar, own as signals:
       for step in range(start, total):
         batch = s.put_batch(next(batches))
         state, metrics = s.step(_use_mix(config, supervision, step))(state, batch)
