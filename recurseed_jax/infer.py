@@ -56,6 +56,7 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 
 # --- per-pixel products ------------------------------------------------------------------------
 INTERPOLATIONS = ('nearest', 'bilinear', 'probs_bilinear')
+HEADS = ('seg', 'cam')  # the network outputs a Predictor sums
 SEED_DTYPES = ('float16', 'uint8')
 
 
@@ -373,10 +374,12 @@ class Predictor:
   outputs hold K channels, seg without its background (the seeds need no more). `unrolled=True`
   runs every pass in one jitted function, the orientations side by side in one batch, as
   before: XLA then plans the passes alive together (bench/infer.py --unrolled compares the
-  two). Both give the same numbers to float precision (tests/test_infer.py).
+  two). Both give the same numbers to float precision (tests/test_infer.py). `heads`: the
+  network outputs to sum, of 'seg' and 'cam' (None: every one it has); a head left out is never
+  computed (XLA drops what nothing reads), e.g. ('cam',) for the plain-CAM baseline's seeds.
   """
 
-  def __init__(self, model, scales, flip, align, interpolation, unrolled=False):
+  def __init__(self, model, scales, flip, align, interpolation, unrolled=False, heads=None):
     if interpolation not in INTERPOLATIONS:
       raise ValueError(f'config.infer.interpolation must be one of {INTERPOLATIONS}, '
                        f'got {interpolation!r}')
@@ -384,6 +387,9 @@ class Predictor:
     self.scales = tuple(float(s) for s in scales)
     self.orientations = (0, 1) if flip else (0,)
     self.align, self.interpolation, self.unrolled = align, interpolation, unrolled
+    if heads is not None and (not heads or set(heads) - set(HEADS)):
+      raise ValueError(f'heads must be some of {HEADS}, got {heads!r}')
+    self.heads = None if heads is None else tuple(h for h in HEADS if h in heads)
     self._channels = None
     self._unrolled = jax.jit(self._unrolled_sums)
     self._passes = {}  # {placement of the sums: {name: jitted pass}}
@@ -412,13 +418,14 @@ class Predictor:
 
   def _unrolled_sums(self, variables, x, hw, classes):
     b, o = x.shape[0], len(self.orientations)
+    keys = self.sum_shapes(variables, x, classes)
     flips = jnp.tile(jnp.asarray(self.orientations) == 1, b)  # each image, then its mirror
     x, hw = jnp.repeat(x, o, axis=0), jnp.repeat(hw, o, axis=0)
     classes = None if classes is None else jnp.repeat(classes, o, axis=0)
     sums = {}
     for s in self.scales:
       res = self._contribution(variables, x, hw, flips, s, classes)
-      sums = {k: sums[k] + v if k in sums else v for k, v in res.items()}
+      sums = {k: sums[k] + res[k] if k in sums else res[k] for k in keys}
     return {k: v.reshape((b, o) + v.shape[1:]) for k, v in sums.items()}
 
   def finish(self, sums):
@@ -428,6 +435,8 @@ class Predictor:
     def total(v):  # orientation 0 + orientation 1, in the order the one-function form added them
       return v[:, 0] + v[:, 1] if v.shape[1] == 2 else v[:, 0]
 
+    if 'seg' not in sums:  # heads=('cam',)
+      return dict(cam=total(sums['cam']) / n, class_prob=total(sums['prob']) / n)
     seg = total(sums['seg']) / n
     if 'cam' not in sums:  # seg is zero past the valid size, so the max sees the image only
       return dict(seg=seg, class_prob=jnp.max(seg[..., 1:], axis=(1, 2)))
@@ -438,12 +447,16 @@ class Predictor:
     if self._channels is None:  # the network's output channels: one trace, no compute
       out = jax.eval_shape(functools.partial(self.model.apply, train=False), _abstract(variables),
                            jax.ShapeDtypeStruct((1,) + tuple(x.shape[1:]), jnp.float32))
-      self._channels = {k: out[k].shape[-1] for k in ('seg', 'cam') if k in out}
+      self._channels = {k: out[k].shape[-1] for k in HEADS if k in out}
     if classes is not None and 'cam' not in self._channels:
       raise ValueError('classes= needs a network with a CAM head (its class probabilities)')
+    missing = set(self.heads or ()) - set(self._channels)
+    if missing:
+      raise ValueError(f'heads={self.heads} asks for {sorted(missing)}, which this network '
+                       f'({type(self.model).__name__}) does not have')
     lead = (x.shape[0], len(self.orientations))
     shapes = {k: lead + tuple(x.shape[1:3]) + (c if classes is None else classes.shape[1],)
-              for k, c in self._channels.items()}
+              for k, c in self._channels.items() if self.heads is None or k in self.heads}
     if 'cam' in shapes:
       shapes['prob'] = lead + (self._channels['cam'],)
     return {k: jax.ShapeDtypeStruct(s, jnp.float32) for k, s in shapes.items()}
@@ -482,10 +495,11 @@ class Predictor:
   def jitted(self):
     return [self._unrolled, self._mean] + [f for fns in self._passes.values() for f in fns.values()]
 
-  def fresh(self):
-    """The same predictor with caches of its own (a step counts its own compilations)."""
+  def fresh(self, heads=None):
+    """The same predictor with caches of its own (a step counts its own compilations); with
+    `heads`, summing those heads only."""
     return Predictor(self.model, self.scales, len(self.orientations) == 2, self.align,
-                     self.interpolation, self.unrolled)
+                     self.interpolation, self.unrolled, self.heads if heads is None else heads)
 
 
 def make_predict_fn(model, scales=(1.0,), flip=True, align=32, interpolation='probs_bilinear',
@@ -518,11 +532,12 @@ class Step:
   the passes (Predictor.accumulate), then `products(out, labels)` of the mean outputs. Every part
   compiles once per bucket (and per labels / no labels); `_cache_size()` is the most
   compilations of any part, `compilations()` their total; the step's predictor is its own copy,
-  so the counts are this step's. Made by make_infer_step and make_segmenter_step.
+  so the counts are this step's; `heads` sets its heads (Predictor). Made by make_infer_step
+  and make_segmenter_step.
   """
 
-  def __init__(self, predict, mean, std, products, classes_of=None):
-    self.predict = predict = predict.fresh()
+  def __init__(self, predict, mean, std, products, classes_of=None, heads=None):
+    self.predict = predict = predict.fresh(heads)
     mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
 
     def prepare(images, labels):
@@ -599,14 +614,18 @@ def _seed_products(out, labels, class_threshold, num_kept):
                 pred=segmentation_label_map(out['seg'], keep))
   order = kept_order(keep, num_kept)
   kept = jnp.take_along_axis(keep, order, axis=-1)
-  cam, seg = out['cam'], out['seg']
-  if labels is None:  # kept by threshold: the passes kept every class
-    cam, seg = _take(cam, order), _take(seg[..., 1:], order)
-  return dict(class_prob=out['class_prob'], classes=jnp.where(kept > 0, order, -1).astype(
-      jnp.int32), cam=normalized_scores(cam, kept), seg=normalized_scores(seg, kept))
+  res = dict(class_prob=out['class_prob'],
+             classes=jnp.where(kept > 0, order, -1).astype(jnp.int32))
+  for key in ('cam', 'seg'):
+    if key in out:  # seg is absent from a CAM-only step (heads=('cam',))
+      scores = out[key]
+      if labels is None:  # kept by threshold: the passes kept every class
+        scores = _take(scores if key == 'cam' else scores[..., 1:], order)
+      res[key] = normalized_scores(scores, kept)
+  return res
 
 
-def make_infer_step(predict, mean, std, class_threshold=0.34, num_kept=None):
+def make_infer_step(predict, mean, std, class_threshold=0.34, num_kept=None, heads=None):
   """Returns `step(variables, images, valid_hw, labels) -> dict` of per-image products (a Step).
 
   predict: a make_predict_fn Predictor. images: uint8 [B,H,W,3] padded; valid_hw int [B,2];
@@ -617,11 +636,16 @@ def make_infer_step(predict, mean, std, class_threshold=0.34, num_kept=None):
   [B,K] (the kept class indices in order, then -1) and float32 [B,H,W,K] seeds of those classes,
   `cam` (max-normalised CAM) and `seg` (max-normalised segmentation softmax: the authors' seed).
   Seeds stay float here; the host stores them (encode_seed) and hands the CRF what it stored.
+  heads=('cam',) (seeds only): the segmentation head is never run and `seg` is not returned
+  (the plain-CAM baseline's seeds need its CAM alone).
   """
+  if heads is not None and 'seg' not in heads and num_kept is None:
+    raise ValueError("predictions (num_kept=None) need the segmentation head: heads=('cam',) "
+                     'makes seeds only')
   products = functools.partial(_seed_products, class_threshold=class_threshold,
                                num_kept=num_kept)
   classes_of = None if num_kept is None else functools.partial(kept_order, num_kept=num_kept)
-  return Step(predict, mean, std, products, classes_of)
+  return Step(predict, mean, std, products, classes_of, heads)
 
 
 def _segmenter_products(out, labels, class_threshold, max_classes):
@@ -656,12 +680,12 @@ def make_segmenter_step(predict, mean, std, class_threshold=0.05, max_classes=8)
       _segmenter_products, class_threshold=class_threshold, max_classes=max_classes))
 
 
-def step_from_config(config, model, num_kept=None, segmenter=False, unrolled=False):
-  """The step a stage runs: make_infer_step (seeds with num_kept = K, else predictions) or, for
-  the multi-stage segmenter, make_segmenter_step; scales, flip, interpolation from config.infer,
-  and the network computes in config.infer.dtype (its parameters, the softmax, the resizes and
-  the products stay float32). `unrolled`: every pass in one jitted function (the memory
-  comparison of bench/infer.py)."""
+def step_from_config(config, model, num_kept=None, segmenter=False, unrolled=False, heads=None):
+  """The step a stage runs: make_infer_step (seeds with num_kept = K, else predictions; `heads`
+  as there) or, for the multi-stage segmenter, make_segmenter_step; scales, flip, interpolation
+  from config.infer, and the network computes in config.infer.dtype (its parameters, the
+  softmax, the resizes and the products stay float32). `unrolled`: every pass in one jitted
+  function (the memory comparison of bench/infer.py)."""
   model = model.clone(dtype=models.COMPUTE_DTYPES[config.infer.dtype])
   predict = make_predict_fn(model, config.infer.scales, config.infer.flip,
                             align=config.model.output_stride,
@@ -670,7 +694,7 @@ def step_from_config(config, model, num_kept=None, segmenter=False, unrolled=Fal
     return make_segmenter_step(predict, config.data.mean, config.data.std,
                                config.infer.class_threshold, config.seg.max_classes)
   return make_infer_step(predict, config.data.mean, config.data.std, config.infer.class_threshold,
-                         num_kept)
+                         num_kept, heads)
 
 # --- host side: buckets, batches, the loop -----------------------------------------------------
 def pick_bucket(size, buckets):
@@ -743,8 +767,9 @@ def _unpack(batch, outs):
       else:
         k = int((out['classes'][j] >= 0).sum())
         res['classes'] = out['classes'][j, :k]
-        res['cam'] = out['cam'][j, :h, :w, :k]
-        res['seg'] = out['seg'][j, :h, :w, :k]
+        for key in ('cam', 'seg'):
+          if key in out:
+            res[key] = out[key][j, :h, :w, :k]
       per_model[name] = res
     yield i, batch['images'][j, :h, :w], per_model
 
@@ -754,7 +779,8 @@ def run_split(step, variables, split, indices, buckets, batch_size, *, with_labe
   """Runs `step` (make_infer_step) of every model over the images `indices` of a split.
 
   Args:
-    step: the jitted step; compiles once per bucket (and per labels / no labels).
+    step: the jitted step; compiles once per bucket (and per labels / no labels); or {name:
+      step}, each model's own (e.g. a CAM-only step for one of them).
     variables: {name: model variables}; each batch runs every model (one decode per image).
     split: data_pipeline/splits.py interface.
     indices: which images: all that a run without interruption would take (they set the
@@ -783,7 +809,8 @@ def run_split(step, variables, split, indices, buckets, batch_size, *, with_labe
   for batch in io_utils.background_iter(batches, prefetch):
     args = [put(batch['images']), put(batch['valid_hw'])]
     labels = None if batch['labels'] is None else put(batch['labels'])
-    outs = {name: step(v, *args, labels) for name, v in variables.items()}
+    outs = {name: (step[name] if isinstance(step, dict) else step)(v, *args, labels)
+            for name, v in variables.items()}
     if pending is not None:  # dispatch is asynchronous: this one runs while we unpack the last
       yield from _wanted(pending, todo, progress)
     pending = (batch, outs)
@@ -832,17 +859,22 @@ class Engine:
       self._variables[name] = v if self.sharding is None else parallel.replicate(v, self.mesh)
     return self._variables[name]
 
-  def step(self, num_kept):
-    if num_kept not in self._steps:
-      self._steps[num_kept] = step_from_config(self.config, self.model, num_kept, self.segmenter)
-    return self._steps[num_kept]
+  def step(self, num_kept, heads=None):
+    key = (num_kept, heads)
+    if key not in self._steps:
+      self._steps[key] = step_from_config(self.config, self.model, num_kept, self.segmenter,
+                                          heads=heads)
+    return self._steps[key]
 
-  def run_split(self, names, split, indices, num_kept, desc, todo=None):
-    """run_split of the models in workdir subfolders `names` ({key: subfolder}), with a bar."""
+  def run_split(self, names, split, indices, num_kept, desc, todo=None, heads=None):
+    """run_split of the models in workdir subfolders `names` ({key: subfolder}), with a bar;
+    heads: {key: heads} of the models that need only some (make_infer_step)."""
     cfg = self.config
     variables = {key: self.variables(name) for key, name in names.items()}
+    heads = heads or {}
+    steps = {key: self.step(num_kept, heads.get(key)) for key in names}
     total = len(indices if todo is None else todo)
     with tqdm(total=total, desc=desc, unit='img', dynamic_ncols=True) as bar:
-      yield from run_split(self.step(num_kept), variables, split, indices, cfg.infer.buckets,
+      yield from run_split(steps, variables, split, indices, cfg.infer.buckets,
                            cfg.infer.batch_size, with_labels=num_kept is not None, todo=todo,
                            sharding=self.sharding, prefetch=cfg.infer.prefetch, progress=bar)

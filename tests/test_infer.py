@@ -503,3 +503,48 @@ def test_array_split_runs_without_buckets():
   for i, _, out in outs:
     ref_seed = np_normalized_scores(ref['cam'][i:i + 1], labels[i:i + 1])[0][..., [i]]
     np.testing.assert_allclose(out['m']['cam'], ref_seed, rtol=1e-5, atol=1e-6)
+
+
+def _pass_flops(step, variables, images, valid_hw, labels):
+  """XLA's FLOPs of each scale's pass of `step`, after its optimisations (dead code dropped)."""
+  flops = []
+  for name, jitted, args, _ in step.plan_parts(variables, images, valid_hw, labels):
+    if name.startswith('pass'):
+      cost = jitted.lower(*args).compile().cost_analysis()
+      flops.append(float((cost[0] if isinstance(cost, (list, tuple)) else cost)['flops']))
+  return flops
+
+
+def test_cam_only_seeds_are_the_full_steps_cam_without_its_segmentation_head():
+  """heads=('cam',), the plain-CAM baseline's seeds: the same CAM seeds and class probabilities
+  as the full step, no seg, and XLA drops the segmentation head from every pass."""
+  _, variables = _model_and_variables()
+  rng = np.random.default_rng(11)
+  images = rng.integers(0, 256, (BATCH, SIZE, SIZE, 3), dtype=np.uint8)
+  labels = np.zeros((BATCH, NUM_CLASSES), np.float32)
+  labels[np.arange(BATCH), [0, 1, 2, 3]] = 1.0
+  labels[0, 4] = 1.0
+  split = splits.ArraySplit([f'i{i}' for i in range(BATCH)], images, labels)
+  mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+  full = infer.make_infer_step(_predict(SCALES, True), mean, std, num_kept=2)
+  cam_only = infer.make_infer_step(_predict(SCALES, True), mean, std, num_kept=2, heads=('cam',))
+  outs = list(infer.run_split({'full': full, 'cam': cam_only}, {'full': variables,
+                                                                'cam': variables},
+                              split, range(BATCH), (), BATCH, with_labels=True))
+  assert sorted(i for i, _, _ in outs) == list(range(BATCH))
+  for _, _, out in outs:
+    assert set(out['full']) == {'class_prob', 'classes', 'cam', 'seg'}
+    assert set(out['cam']) == {'class_prob', 'classes', 'cam'}
+    np.testing.assert_array_equal(out['cam']['classes'], out['full']['classes'])
+    for key in ('cam', 'class_prob'):  # other programs, so float rounding may differ
+      ref = out['full'][key]
+      np.testing.assert_allclose(out['cam'][key], ref, rtol=1e-5, atol=1e-6 * np.abs(ref).max())
+  args = (variables, images, np.tile(np.array([[SIZE, SIZE]], np.int32), (BATCH, 1)), labels)
+  flops_full, flops_cam = _pass_flops(full, *args), _pass_flops(cam_only, *args)
+  assert len(flops_full) == len(flops_cam) == len(SCALES)
+  for f, c in zip(flops_full, flops_cam):  # the heads are about half the demo network's forward
+    assert c < 0.8 * f, (c, f)
+  with pytest.raises(ValueError, match='need the segmentation head'):
+    infer.make_infer_step(_predict(SCALES, True), mean, std, heads=('cam',))
+  with pytest.raises(ValueError, match='heads must be some of'):
+    infer.make_infer_step(_predict(SCALES, True), mean, std, num_kept=2, heads=('edges',))

@@ -58,8 +58,9 @@ def _stream(ctx, with_crf):
         names['cam'] = 'cam_baseline'
       # From every image: the same program whatever the split over processes or the resume.
       num_kept = max(1, int((train.labels > 0).sum(axis=1).max()))
-      for i, image, out in eng.run_split(names, train, mine, num_kept, 'seeds',
-                                             todo=todo):
+      # The baseline's seeds are its CAM: its segmentation head (half its forward) never runs.
+      for i, image, out in eng.run_split(names, train, mine, num_kept, 'seeds', todo=todo,
+                                         heads={'cam': ('cam',)}):
         image_id = train.ids[i]
         rs = out['rs']
         arrays = dict(classes=rs['classes'].astype(np.uint8), rs=encode(rs['seg']),
