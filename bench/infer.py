@@ -6,6 +6,7 @@
     python bench/infer.py --config voc12_multistage_v3p --segmenter --bucket 512x512 --plan-only
     python bench/infer.py --overlap --xla-threads 1 --crf-workers 1    # a 2-core machine
     python bench/infer.py --overlap --simulate-ms 250 --size 240x320   # the pipeline alone
+    python bench/infer.py --images 96 --streams 2          # two batches at once (infer.streams)
 
 The step is the stage's (infer.step_from_config: multi-scale + flip, seeds of the kept classes, the
 config's interpolation and infer.dtype; --segmenter: the predict stage's make_segmenter_step on
@@ -21,7 +22,9 @@ batch whose planned live fits (checked by compiling at that batch), and the larg
 fits with the next batch in flight (run_split dispatches batch k + 1 while batch k runs: its
 inputs and running sums are allocated, and batch k - 1's outputs await their copy to the host).
 Run: the compile of every part (ahead of time, at --batch) and the first batch apart, then
-images/s; on a GPU, memory_stats()'s peak_bytes_in_use over the run. --agreement: bf16 against
+images/s; on a GPU, memory_stats()'s peak_bytes_in_use over the run. --streams N,...: the same
+run with N batches computed at once from N host threads (run_split's streams), and whether its
+seeds are bit-identical to one stream's. --agreement: bf16 against
 float32 pseudo masks of the bench's network with its segmentation classifier fitted to synthetic
 scenes (bench/fitted_seeds.py). Overlap: the same seeds (made into CRF items) alone, the CRF of
 those items alone (crf.run_crf), then both at once as the seeds+crf stage runs them; the ratio of
@@ -81,6 +84,8 @@ def _parse(argv=None):
   parser.add_argument('--budget-gib', type=float, default=24.0,
                       help='find the largest batch whose plan fits (0: skip)')
   parser.add_argument('--plan-only', action='store_true', help='memory plans only, no run')
+  parser.add_argument('--streams', default='', help='e.g. 2,3: also run with that many batches '
+                      'computed at once (config.infer.streams)')
   parser.add_argument('--agreement', action='store_true',
                       help='bf16 against float32 pseudo masks on fitted synthetic scenes')
   parser.add_argument('--agreement-sizes', default='150x200,127x200')
@@ -314,7 +319,8 @@ def simulated_items(m, split, batch, ms, labels, bg_power=2.0):
       yield split.ids[i], image, m.infer.host_seed(scores, bg_power), m.np.arange(labels + 1)
 
 
-def seed_items(m, step, variables, split, bucket, batch, sharding, bg_power=2.0, args=None):
+def seed_items(m, step, variables, split, bucket, batch, sharding, bg_power=2.0, args=None,
+               streams=1):
   """The seeds stage's stream: run_split -> CRF items (id, image, seed, keys)."""
   if args is not None and args.simulate_ms:
     yield from simulated_items(m, split, batch, args.simulate_ms, args.labels, bg_power)
@@ -322,7 +328,7 @@ def seed_items(m, step, variables, split, bucket, batch, sharding, bg_power=2.0,
   labelled = args is None or not _unlabelled(args)
   for i, image, out in m.infer.run_split(step, {'rs': variables}, split, range(len(split)),
                                          [bucket], batch, with_labels=labelled,
-                                         sharding=sharding):
+                                         sharding=sharding, streams=streams):
     res = out['rs']
     if 'probs' in res:  # the segmenter: its kept labels' mean softmax
       yield split.ids[i], image, res['probs'], res['channels']
@@ -334,10 +340,10 @@ def seed_items(m, step, variables, split, bucket, batch, sharding, bg_power=2.0,
     yield split.ids[i], image, m.infer.host_seed(res['seg'], bg_power), labels
 
 
-def time_step(m, args, step, variables, sharding, size, bucket, classes):
+def time_step(m, args, step, variables, sharding, size, bucket, classes, streams=1):
   """Compile (every part, ahead of time), the first batch, then images/s and the GPU peak."""
   compile_s = None
-  if step is not None:
+  if step is not None and streams == 1:
     _, compile_s = plan(m, step, variables, args.batch, bucket, classes, _unlabelled(args))
   warm = make_split(m, args.batch, size, classes, args.labels, seed=1)
   t0 = time.perf_counter()
@@ -346,7 +352,8 @@ def time_step(m, args, step, variables, sharding, size, bucket, classes):
   first_s = time.perf_counter() - t0
   split = make_split(m, args.images, size, classes, args.labels)
   t0 = time.perf_counter()
-  items = list(seed_items(m, step, variables, split, bucket, args.batch, sharding, args=args))
+  items = list(seed_items(m, step, variables, split, bucket, args.batch, sharding, args=args,
+                          streams=streams))
   seconds = time.perf_counter() - t0
   device = m.jax.devices()[0]
   stats = device.memory_stats() if device.platform != 'cpu' else None
@@ -373,14 +380,22 @@ def run_section(m, args, cfg, model, step_of, size, bucket, result):
   if args.batch % devices:
     raise ValueError(f'--batch={args.batch} must be a multiple of the {devices} devices')
   classes = num_classes_of(args, cfg)
-  variants = [('in sequence', False)] + ([('one function', True)] if args.unrolled else [])
-  runs = {}
-  for label, unrolled in variants:
-    step = None if args.simulate_ms else step_of(unrolled)
+  streams = [int(n) for n in args.streams.split(',') if n and int(n) > 1]
+  variants = ([('in sequence', False, 1)] + [(f'{n} streams', False, n) for n in streams] +
+              ([('one function', True, 1)] if args.unrolled else []))
+  runs, seq = {}, None
+  for label, unrolled, n in variants:  # n > 1 reuses one stream's step (compiled already)
+    step = None if args.simulate_ms else step_of(unrolled) if n == 1 else seq[0]
     runs[label], split, items = time_step(m, args, step, variables, sharding, size, bucket,
-                                          classes)
+                                          classes, streams=n)
     if label == 'in sequence':
       seq = (step, split, items, runs[label]['seconds'])
+    elif n > 1 and not args.simulate_ms:  # the same batches: the same seeds, bit for bit
+      runs[label]['bit_identical'] = all(
+          a[0] == b[0] and m.np.array_equal(a[2], b[2]) for a, b in zip(items, seq[2]))
+      runs[label]['speedup'] = round(seq[3] / runs[label]['seconds'], 2)
+      print(f"{label}: {runs[label]['speedup']}x one stream's images/s, seeds "
+            f"{'bit-identical' if runs[label]['bit_identical'] else 'DIFFERENT'}")
   device = m.jax.devices()[0]
   kind = device.device_kind if not args.simulate_ms else f'simulated {args.simulate_ms:g} ms/image'
   rate = runs['in sequence']['images_per_s']

@@ -72,6 +72,7 @@ def rs50(name, num_classes, num_train, epochs, mix_after_epochs):
   i.class_threshold = 0.34
   i.bg_power = 2.0
   i.batch_size = 8                   # each dataset's config sets its own (docs/inference.md)
+  i.streams = 1                      # one batch at a time: the memory plans assume one
 
   c.crf.workers = 8                  # DenseCRF parameters: METHOD.md section 5 (the defaults)
   c.export.num_overlays = 16

@@ -352,7 +352,7 @@ def _validate_inference(config):
     # are a typo, which would otherwise surface after training, at the first larger image.
     raise ConfigError(f'config.data.crop_size={crop} is larger than every bucket of '
                       f'config.infer.buckets={buckets}; add a bucket of at least ({crop}, {crop})')
-  for key in ('infer.prefetch', 'infer.io_threads', 'crf.queue_size'):
+  for key in ('infer.prefetch', 'infer.io_threads', 'infer.streams', 'crf.queue_size'):
     _at_least(config, key, 1)
   _at_least(config, 'crf.workers', 0, ' (0 runs inline)')
   for key in ('export.num_overlays', 'export.report_per_group', 'export.report_fixed'):

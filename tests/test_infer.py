@@ -7,6 +7,8 @@ most 40 x 40, so the handful of compiled shapes stays small.
 
 import functools
 import math
+import threading
+import time
 
 import jax
 import jax.numpy as jnp
@@ -548,3 +550,78 @@ def test_cam_only_seeds_are_the_full_steps_cam_without_its_segmentation_head():
     infer.make_infer_step(_predict(SCALES, True), mean, std, heads=('cam',))
   with pytest.raises(ValueError, match='heads must be some of'):
     infer.make_infer_step(_predict(SCALES, True), mean, std, num_kept=2, heads=('edges',))
+
+
+class _CountingStep:
+  """_batch_dependent_step that sleeps a little and records when each call ran."""
+
+  def __init__(self, fail_at=None):
+    self.lock = threading.Lock()
+    self.calls = []  # [(batch shape, start, end)] in the order the calls began
+    self.fail_at = fail_at
+
+  def __call__(self, variables, images, valid_hw, labels):
+    t0 = time.perf_counter()
+    time.sleep(0.05)  # long enough for a second stream to start meanwhile
+    with self.lock:
+      self.calls.append((images.shape, t0, time.perf_counter()))
+      n = len(self.calls)
+    if n == self.fail_at:
+      raise RuntimeError(f'batch {n} failed')
+    return _batch_dependent_step(variables, images, valid_hw, labels)
+
+  def overlapping(self, k):
+    """How many other calls ran at some time during call k."""
+    _, a0, a1 = self.calls[k]
+    return sum(b0 < a1 and a0 < b1 for j, (_, b0, b1) in enumerate(self.calls) if j != k)
+
+
+def test_run_split_streams_give_one_streams_items_in_order():
+  """streams=2: the same items as one stream, in the same order (the same batches); batches
+  overlap, but the first of each bucket runs alone (its programs compile once); a failing batch's
+  error reaches the consumer."""
+  sizes = [(20, 24), (24, 24), (17, 9), (24, 20), (16, 16), (24, 24), (9, 9), (30, 30), (28, 30),
+           (30, 25), (29, 29), (30, 30)]
+  split = _SizedSplit(sizes)
+  buckets = [(24, 24), (32, 32)]
+
+  def run(step, **kw):
+    return [(i, out['m']) for i, _, out in infer.run_split(
+        step, {'m': None}, split, range(len(sizes)), buckets, 2, with_labels=False, **kw)]
+
+  one = run(_batch_dependent_step)
+  step = _CountingStep()
+  two = run(step, streams=2)
+  assert [i for i, _ in two] == [i for i, _ in one]
+  for (_, a), (_, b) in zip(one, two):
+    np.testing.assert_array_equal(a['pred'], b['pred'])
+    np.testing.assert_array_equal(a['class_prob'], b['class_prob'])
+  step.calls.sort(key=lambda c: c[1])
+  shapes = [c[0] for c in step.calls]
+  firsts = [k for k, s in enumerate(shapes) if k == 0 or s != shapes[k - 1]]
+  assert len(firsts) == 2  # one per bucket
+  assert all(step.overlapping(k) == 0 for k in firsts)
+  assert any(step.overlapping(k) for k in range(len(shapes)))  # the others ran two at a time
+  todo = [3, 9]
+  resumed = {i: out['m'] for i, _, out in infer.run_split(
+      _CountingStep(), {'m': None}, split, range(len(sizes)), buckets, 2, with_labels=False,
+      todo=todo, streams=2)}
+  assert sorted(resumed) == todo
+  for i, a in one:
+    if i in todo:
+      np.testing.assert_array_equal(resumed[i]['pred'], a['pred'])
+  with pytest.raises(RuntimeError, match='batch 3 failed'):
+    run(_CountingStep(fail_at=3), streams=2)
+
+
+def test_run_split_streams_are_bit_identical_on_the_real_step():
+  _, variables = _model_and_variables()
+  split = _SizedSplit([(24, 24)] * 6, seed=3)
+  step = infer.make_infer_step(_predict(SCALES, True, 8), (0.5,) * 3, (0.25,) * 3,
+                               num_kept=NUM_CLASSES)
+  runs = [list(infer.run_split(step, {'m': variables}, split, range(6), (), 2, with_labels=True,
+                               streams=n)) for n in (1, 2)]
+  assert [i for i, _, _ in runs[0]] == [i for i, _, _ in runs[1]] == list(range(6))
+  for (_, _, a), (_, _, b) in zip(*runs):
+    for key in ('cam', 'seg', 'class_prob'):
+      np.testing.assert_array_equal(a['m'][key], b['m'][key])
