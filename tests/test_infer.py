@@ -517,6 +517,7 @@ def _pass_flops(step, variables, images, valid_hw, labels):
   return flops
 
 
+@pytest.mark.slow  # compiles steps of its own; the module keeps fast tests
 def test_cam_only_seeds_are_the_full_steps_cam_without_its_segmentation_head():
   """heads=('cam',), the plain-CAM baseline's seeds: the same CAM seeds and class probabilities
   as the full step, no seg, and XLA drops the segmentation head from every pass."""
@@ -614,6 +615,7 @@ def test_run_split_streams_give_one_streams_items_in_order():
     run(_CountingStep(fail_at=3), streams=2)
 
 
+@pytest.mark.slow  # compiles steps of its own; the module keeps fast tests
 def test_run_split_streams_are_bit_identical_on_the_real_step():
   _, variables = _model_and_variables()
   split = _SizedSplit([(24, 24)] * 6, seed=3)
