@@ -4,8 +4,8 @@ Command:
     python launch.py                      # = --config configs/default.py --workdir runs/default
 
 Expected (2 CPU cores, AMD EPYC with AVX2; the mIoU of a63192c, whose seed-0 table 7c4a1b7
-printed to every digit; stage times at 7c4a1b7 524 s with an empty compilation cache, about
-400 s with the programs cached; the earlier rounds' machine ran the 64-channel demo in
+printed to every digit; stage times at 7c4a1b7 524 s with an empty compilation cache,
+400-456 s with the programs cached; the earlier rounds' machine ran the 64-channel demo in
 262-322 s, before docs/benchmarks.md's host-side changes),
 summary.json mIoU, mean ± std over --config.seed=0,1,2: plain-CAM baseline seed 46.3 ± 3.8,
 RecurSeed network's CAM seed 59.8 ± 3.3, RecurSeed seed 61.4 ± 0.6, pseudo masks after CRF
