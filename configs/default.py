@@ -145,7 +145,8 @@ def get_config():
   c.train.upper_bound = True         # also train the same net on true masks (the demo's ceiling)
   c.train.cam_baseline = True        # also train it on the classification loss alone (plain CAMs)
   # Those two in a second thread beside the RecurSeed network (one device, one process; the same
-  # numbers): 1.2-1.6x the demo's training throughput on 2 cores (stages/train_rs.py).
+  # numbers): 1.43x the demo network's step throughput on 2 cores (bench/side_by_side.py); the
+  # demo's train_rs 322 -> 296 s with the programs cached (stages/train_rs.py).
   c.train.side_by_side = True
   c.train.dtype = 'float32'          # compute dtype: 'float32' | 'bfloat16' (params, losses fp32)
   c.train.ema_decay = 0.0            # EMA of the params (e.g. 0.999); 0 = off

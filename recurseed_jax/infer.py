@@ -811,12 +811,12 @@ def run_split(step, variables, split, indices, buckets, batch_size, *, with_labe
     plan = [(bucket, idx) for bucket, idx in plan if todo.intersection(idx)]
   batches = (load_batch(split, idx, bucket, batch_size, with_labels) for bucket, idx in plan)
   put = (lambda a: a) if sharding is None else (lambda a: jax.device_put(a, sharding))
+  steps = step if isinstance(step, dict) else dict.fromkeys(variables, step)
 
   def dispatch(batch):
     args = [put(batch['images']), put(batch['valid_hw'])]
     labels = None if batch['labels'] is None else put(batch['labels'])
-    return batch, {name: (step[name] if isinstance(step, dict) else step)(v, *args, labels)
-                   for name, v in variables.items()}
+    return batch, {name: steps[name](v, *args, labels) for name, v in variables.items()}
 
   loaded = io_utils.background_iter(batches, prefetch)
   if streams > 1:
@@ -843,16 +843,13 @@ def _run_streams(dispatch, batches, streams, todo, progress):
   bucket = None
   with concurrent.futures.ThreadPoolExecutor(streams, thread_name_prefix='infer') as pool:
     for batch in batches:
-      shape = batch['images'].shape
-      if shape != bucket:  # a new bucket: alone, so that its programs compile once
+      alone = batch['images'].shape != bucket  # a new bucket's first: its programs compile once
+      if alone:
+        bucket = batch['images'].shape
         while window:
           yield from _wanted(window.popleft().result(), todo, progress)
-        window.append(pool.submit(compute, batch))
-        yield from _wanted(window.popleft().result(), todo, progress)
-        bucket = shape
-        continue
       window.append(pool.submit(compute, batch))
-      if len(window) >= streams:
+      if alone or len(window) >= streams:
         yield from _wanted(window.popleft().result(), todo, progress)
     while window:
       yield from _wanted(window.popleft().result(), todo, progress)

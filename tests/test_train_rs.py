@@ -79,28 +79,22 @@ def _until_stopped(signals, seen, name):
   raise train.Interrupted(f'{name} stopped', signals.received)
 
 
-def test_a_failure_in_the_second_thread_stops_the_first_and_is_raised():
+@pytest.mark.parametrize('failing', ['first', 'rest'])
+def test_a_failure_in_either_thread_stops_the_other_and_is_raised(failing):
   seen = []
 
-  def rest(signals):
+  def fail(signals):
     del signals
-    raise ValueError('the baseline diverged')
+    raise ValueError(f'{failing} failed')
 
-  with pytest.raises(ValueError, match='the baseline diverged'):
-    train_rs.train_side_by_side(lambda s: _until_stopped(s, seen, 'first'), rest)
-  assert seen == ['first']
+  def wait(name):
+    return lambda signals: _until_stopped(signals, seen, name)
 
-
-def test_a_failure_in_the_first_stops_the_second_before_it_is_raised():
-  seen = []
-
-  def first(signals):
-    del signals
-    raise ValueError('bad batch')
-
-  with pytest.raises(ValueError, match='bad batch'):
-    train_rs.train_side_by_side(first, lambda s: _until_stopped(s, seen, 'rest'))
-  assert seen == ['rest']  # joined: the second thread had finished when the error came out
+  other = 'rest' if failing == 'first' else 'first'
+  first, rest = (fail, wait(other)) if failing == 'first' else (wait(other), fail)
+  with pytest.raises(ValueError, match=f'{failing} failed'):
+    train_rs.train_side_by_side(first, rest)
+  assert seen == [other]  # stopped, and joined before the error came out
 
 
 def test_sigterm_stops_both_and_raises_interrupted():
