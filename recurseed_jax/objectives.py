@@ -33,6 +33,10 @@ from recurseed_jax.method import affinity
 from recurseed_jax.method import recursion
 
 SUPERVISIONS = ('weak', 'cam', 'full', 'seg', 'boundary')
+# Top-level modules whose outputs an objective never reads. The step keeps their BatchNorm
+# statistics as they were, so nothing depends on their forward pass and XLA drops it: the
+# plain-CAM baseline's step runs no segmentation head (train.make_train_step).
+UNREAD_MODULES = dict(cam=('seg_head',))
 _ARGMAX_MIXES = ('classmix', 'edgepredictmix')  # paste the unfiltered seed, not the hard one
 
 

@@ -194,6 +194,7 @@ def make_train_step(config, model, supervision='weak', axis_name=None):
   counters (state.nonfinite, state.nonfinite_run; metrics 'finite').
   """
   objective = objectives.make_objective(config, supervision)
+  unread = objectives.UNREAD_MODULES.get(supervision, ())
   ema_decay = float(config.train.ema_decay)
 
   def share(parts):
@@ -211,7 +212,9 @@ def make_train_step(config, model, supervision='weak', axis_name=None):
       def forward(images, key):
         out, mutated = model.apply({'params': params, 'batch_stats': stats[-1]}, images,
                                    train=True, mutable=['batch_stats'], rngs={'dropout': key})
-        stats.append(mutated['batch_stats'])
+        # A module the objective never reads keeps its statistics, so XLA drops its pass.
+        stats.append({k: stats[-1][k] if k in unread else v
+                      for k, v in mutated['batch_stats'].items()})
         return out
 
       out = forward(batch['image'], r_drop)

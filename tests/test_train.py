@@ -217,9 +217,14 @@ def test_bfloat16_computes_in_bf16_with_fp32_params_and_losses():
   assert all(metrics[k].dtype == jnp.float32 for k in ('loss', 'cls', 'seg', 'cam', 'mix_seg'))
 
 
+def _flops(compiled):
+  cost = compiled.cost_analysis()
+  return (cost[0] if isinstance(cost, list) else cost)['flops']
+
+
 @pytest.mark.slow  # over 5 s; the module keeps fast tests
-def test_cam_baseline_step_trains_only_the_cam_path():
-  state, new_state, m, _ = _one_step(_config(), supervision='cam')
+def test_cam_baseline_step_trains_only_the_cam_path(monkeypatch):
+  state, new_state, m, step = _one_step(_config(), supervision='cam')
   assert set(m) == {'cls', 'loss', 'lr'} | GUARD_KEYS  # and seed_confusion (its CAM seed)
   assert m['loss'] == m['cls'] and np.isfinite(m['loss'])
   assert float(new_state.seed_window.sum()) == _batch()['valid'].sum()
@@ -229,6 +234,23 @@ def test_cam_baseline_step_trains_only_the_cam_path():
   grads_free = jax.tree.map(lambda a, b: np.allclose(a, b, rtol=1e-2), state.params['seg_head'],
                             new_state.params['seg_head'])
   assert all(jax.tree.leaves(grads_free))
+  # Nor does the step run it (objectives.UNREAD_MODULES): its statistics stay, the backbone's move.
+  stats_changed = _differs(state.batch_stats, new_state.batch_stats)
+  assert not any(jax.tree.leaves(stats_changed['seg_head']))
+  assert all(jax.tree.leaves(stats_changed['backbone']))
+  # Against the step that runs the head, as the other supervisions do: the same update of all
+  # the objective reads, for under 80 % of the FLOPs.
+  monkeypatch.setitem(objectives.UNREAD_MODULES, 'cam', ())
+  model, _ = _model_and_state()
+  with_head = jax.jit(train.make_train_step(_config(), model, 'cam'), static_argnames=('use_mix',))
+  with_head = with_head.lower(state, _batch()).compile()
+  assert _flops(step.lower(state, _batch()).compile()) < 0.8 * _flops(with_head)
+  reference_state, _ = with_head(state, _batch())
+  for part, name in (('params', 'backbone'), ('params', 'classifier'),
+                     ('batch_stats', 'backbone')):
+    for a, b in zip(jax.tree.leaves(getattr(new_state, part)[name]),
+                    jax.tree.leaves(getattr(reference_state, part)[name])):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * float(np.max(np.abs(b))))
 
 
 def test_unknown_supervision_and_mix_without_seeds():
