@@ -65,7 +65,9 @@ def _once(folder, make):
 def session_compilation_cache(tmp_path_factory):
   folder = os.environ.get(compile_cache.ENV) or str(_session_folder(tmp_path_factory, 'xla_cache'))
   os.environ[compile_cache.ENV] = folder  # subprocesses inherit it
-  jax.config.update('jax_compilation_cache_dir', folder)  # this process: compiles of >= 1 s
+  # This process too, every program kept: with a kept folder a rerun of the fast subset loads
+  # its ~560 programs instead of compiling them (1 min 25 s against 2 min 05 s on 2 cores).
+  compile_cache.enable(folder)
   return folder
 
 

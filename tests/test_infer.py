@@ -297,8 +297,8 @@ def test_padded_image_matches_image_alone():
     np.testing.assert_allclose(out['class_prob'][j], ref['class_prob'][0], atol=1e-6)
 
 
-@pytest.mark.parametrize('interpolation', [  # the default one in the fast subset
-    i if i == 'nearest' else pytest.param(i, marks=pytest.mark.slow) for i in infer.INTERPOLATIONS])
+@pytest.mark.slow  # 20 s even for one interpolation (two whole seed steps compile)
+@pytest.mark.parametrize('interpolation', infer.INTERPOLATIONS)
 def test_passes_in_sequence_match_one_function(interpolation):
   """One pass at a time into donated running sums gives what every pass in one function gives
   (padded images; the flip's batch differs, so the last bit may)."""

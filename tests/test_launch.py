@@ -113,14 +113,19 @@ def test_end_to_end_multistage_resume_and_rerun_skips(every_stage_run, tmp_path)
     assert f'[{stage}] done already, skipping' in r3.stdout
 
 
+# Each case is a launch (3-4 s of imports): two in the fast subset, the rest in the full suite
+# (test_validate.py checks every rule in process).
+_LATER = dict(marks=pytest.mark.slow)
+
+
 @pytest.mark.parametrize('args,needle', [
-    (['--config.train.no_such_key=1'], 'no_such_key'),
+    pytest.param(['--config.train.no_such_key=1'], 'no_such_key', **_LATER),
     (['--config.train.stpes=5'], "config.train has no field 'stpes'; did you mean 'steps'?"),
-    (['--config.train.steps=many'], '--config.train.steps=many'),
+    pytest.param(['--config.train.steps=many'], '--config.train.steps=many', **_LATER),
     (['--stages=train,bogus'], "'bogus'"),
-    (['--config.mix.kind=cutmix'], 'mix.kind'),
-    (['--config.rs.certain=1.5'], 'rs.certain'),
-    (['--config.infer.buckets=((32,0),)'], 'infer.buckets'),
+    pytest.param(['--config.mix.kind=cutmix'], 'mix.kind', **_LATER),
+    pytest.param(['--config.rs.certain=1.5'], 'rs.certain', **_LATER),
+    pytest.param(['--config.infer.buckets=((32,0),)'], 'infer.buckets', **_LATER),
 ])
 def test_bad_input_one_line_error(tmp_path, args, needle):
   r = launch(f'--workdir={tmp_path / "run"}', *args)

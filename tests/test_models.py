@@ -209,6 +209,7 @@ def test_batch_norm_stats_update_only_in_train():
   assert all(jax.tree_util.tree_leaves(same))
 
 
+@pytest.mark.slow  # over 5 s; the module keeps fast tests
 def test_dropout_only_in_train():
   variables, x = _init(), _images()
   np.testing.assert_array_equal(_apply(train=False)(variables, x, 1)[0]['seg'],

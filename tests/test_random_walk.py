@@ -62,7 +62,9 @@ def _assert_close(got, ref, rel=1e-4, name=''):
 SIZES = [(11, 14), (3, 7), (6, 2), (1, 1)]  # non-square; h < radius; w < radius; one pixel
 
 
-@pytest.mark.parametrize('size', SIZES, ids=[f'{h}x{w}' for h, w in SIZES])
+@pytest.mark.parametrize('size', [  # the largest map only in the full suite
+    pytest.param(s, marks=pytest.mark.slow) if s == SIZES[0] else s for s in SIZES],
+    ids=[f'{h}x{w}' for h, w in SIZES])
 def test_propagate_matches_irn_and_the_dense_walk(size):
   seed, edge = _scene(2, size, 3, seed=sum(size))
   got = np.asarray(random_walk.propagate(seed, edge))

@@ -309,6 +309,7 @@ def _browse(chromium, profile, *args):
     pytest.skip(f'chromium cannot run here: {e}')
 
 
+@pytest.mark.slow  # a browser start; the module keeps fast tests
 def test_report_in_headless_chromium(run, tmp_path):
   chromium = _chromium()
   if chromium is None:

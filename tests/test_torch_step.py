@@ -192,6 +192,7 @@ def test_make_seed_and_supervised_losses(step):
     np.testing.assert_allclose(t_terms[k].item(), v, **TOL)
 
 
+@pytest.mark.slow  # over 5 s; the module keeps fast tests
 def test_train_step_runs():
   """One eager step of a tiny network with CertainMix: finite loss, parameters move."""
   config = default.get_config()

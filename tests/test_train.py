@@ -253,6 +253,7 @@ def test_cam_baseline_step_trains_only_the_cam_path(monkeypatch):
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * float(np.max(np.abs(b))))
 
 
+@pytest.mark.slow  # over 5 s; the module keeps fast tests
 def test_unknown_supervision_and_mix_without_seeds():
   model, _ = _model_and_state()
   with pytest.raises(ValueError, match='supervision'):
