@@ -8,7 +8,8 @@ pure function of them; the config enters through `make_objective`'s closure.
 - 'weak': RecurSeed (METHOD.md section 2): the seed of the clean pass (recursion switch,
   refinement, certainty filter) supervises the segmentation head; cls + cam + seg losses; with
   CertainMix (ctx.use_mix) a second, mixed batch gets the same losses.
-- 'cam': the plain-CAM baseline: the classification loss alone (its seed: the CAM seed).
+- 'cam': the plain-CAM baseline: the classification loss alone (its seed: the CAM seed); its
+  step never runs the segmentation head (UNREAD_MODULES).
 - 'full': the fully supervised upper bound: the same losses against the true masks.
 - 'seg': the multi-stage segmenter (a DeepLabNet) on the batch masks (pseudo masks): pixel
   cross-entropy, 255 ignored.
