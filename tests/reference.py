@@ -1,4 +1,5 @@
-"""Shared by the tests: slow numpy references, config overrides and a fake training batch."""
+"""Shared by the tests: slow numpy references, config overrides, a fake training batch and
+XLA's FLOP count of a compiled program."""
 
 import math
 
@@ -41,6 +42,12 @@ def override(cfg, overrides):
       node = node[p]
     node[leaf] = value
   return cfg
+
+
+def compiled_flops(compiled):
+  """XLA's FLOPs of a compiled program, after its optimisations (dead code dropped)."""
+  cost = compiled.cost_analysis()
+  return float((cost[0] if isinstance(cost, (list, tuple)) else cost)['flops'])
 
 
 def default_config(**overrides):

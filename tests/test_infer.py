@@ -20,6 +20,7 @@ from data_pipeline import splits
 from recurseed_jax import infer
 from recurseed_jax import models
 from recurseed_jax import parallel
+from reference import compiled_flops
 from reference import np_resize
 
 NUM_CLASSES = 5
@@ -512,8 +513,7 @@ def _pass_flops(step, variables, images, valid_hw, labels):
   flops = []
   for name, jitted, args, _ in step.plan_parts(variables, images, valid_hw, labels):
     if name.startswith('pass'):
-      cost = jitted.lower(*args).compile().cost_analysis()
-      flops.append(float((cost[0] if isinstance(cost, (list, tuple)) else cost)['flops']))
+      flops.append(compiled_flops(jitted.lower(*args).compile()))
   return flops
 
 

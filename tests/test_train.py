@@ -217,11 +217,6 @@ def test_bfloat16_computes_in_bf16_with_fp32_params_and_losses():
   assert all(metrics[k].dtype == jnp.float32 for k in ('loss', 'cls', 'seg', 'cam', 'mix_seg'))
 
 
-def _flops(compiled):
-  cost = compiled.cost_analysis()
-  return (cost[0] if isinstance(cost, list) else cost)['flops']
-
-
 @pytest.mark.slow  # over 5 s; the module keeps fast tests
 def test_cam_baseline_step_trains_only_the_cam_path(monkeypatch):
   state, new_state, m, step = _one_step(_config(), supervision='cam')
@@ -244,7 +239,8 @@ def test_cam_baseline_step_trains_only_the_cam_path(monkeypatch):
   model, _ = _model_and_state()
   with_head = jax.jit(train.make_train_step(_config(), model, 'cam'), static_argnames=('use_mix',))
   with_head = with_head.lower(state, _batch()).compile()
-  assert _flops(step.lower(state, _batch()).compile()) < 0.8 * _flops(with_head)
+  assert (reference.compiled_flops(step.lower(state, _batch()).compile())
+          < 0.8 * reference.compiled_flops(with_head))
   reference_state, _ = with_head(state, _batch())
   for part, name in (('params', 'backbone'), ('params', 'classifier'),
                      ('batch_stats', 'backbone')):
