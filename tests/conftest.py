@@ -11,7 +11,8 @@
 - fast_compiles (every test): XLA's optimisations off in this process, as in the launches
   (compiling is most of an in-process test's cost, and unoptimised programs give the same
   numbers to float precision); a test of the optimised program itself asks for
-  `optimized_compiles`.
+  `optimized_compiles`. XLA_FLAGS, which XLA reads once when a test first touches a device,
+  gets the launches' flags at import (XLA's older CPU fusion emitters).
 - one_torch_thread: torch on one thread while a module runs (on a busy 2-core machine torch's
   spinning workers slow it down 10-20x); a module opts in with
   `pytestmark = pytest.mark.usefixtures('one_torch_thread')`.
@@ -24,6 +25,15 @@ import jax
 import pytest
 
 from recurseed_jax import compile_cache
+import test_launch
+
+# The launches' XLA flags in this process too, and so in every subprocess it starts: the older
+# CPU fusion emitters compile the tests' unoptimised programs in 2/3 of the time (test_train.py's
+# three mixed-step tests: 31 s -> 21 s on 2 cores, 2026-12-04). Set before any test initialises
+# XLA's CPU backend, which reads XLA_FLAGS once.
+_flags = os.environ.get('XLA_FLAGS', '')
+if test_launch.ENV['XLA_FLAGS'] not in _flags:
+  os.environ['XLA_FLAGS'] = f"{_flags} {test_launch.ENV['XLA_FLAGS']}".strip()
 
 # The longest modules first (measured, 2 cores), the rest in their order: with the README's
 # `-n 2 --dist loadscope --no-loadscope-reorder` two pytest-xdist workers take whole modules in
@@ -73,7 +83,6 @@ def session_compilation_cache(tmp_path_factory):
 
 @pytest.fixture(scope='session')
 def every_stage_run(tmp_path_factory):
-  import test_launch
   folder = _session_folder(tmp_path_factory, 'every_stage')
   workdir = folder / 'reference'
 

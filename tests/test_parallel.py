@@ -29,6 +29,7 @@ from recurseed_jax import config_lib
 from recurseed_jax import method
 from recurseed_jax import parallel
 import reference
+import test_launch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 METRIC_RTOL = 1e-5
@@ -38,8 +39,7 @@ UPDATE_RTOL = 5e-2
 @pytest.fixture(scope='module')
 def four_devices(tmp_path_factory):
   out = tmp_path_factory.mktemp('parallel')
-  env = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS='true', TF_CPP_MIN_LOG_LEVEL='2',
-             XLA_FLAGS='--xla_cpu_use_fusion_emitters=false')  # halves the compile time
+  env = dict(os.environ, **test_launch.ENV)  # the launches' fast compiles
   r = subprocess.run([sys.executable, os.path.join(HERE, 'parallel_script.py'), str(out)],
                      env=env, capture_output=True, text=True, timeout=900)
   assert r.returncode == 0, r.stderr[-4000:]

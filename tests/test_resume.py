@@ -21,6 +21,7 @@ import pytest
 
 from recurseed_jax import checkpoint as ckpt_lib
 from recurseed_jax import train
+import test_launch
 import train_script
 
 pytestmark = pytest.mark.slow
@@ -58,8 +59,7 @@ def _restore(workdir, step=None):
 def runs(tmp_path_factory):
   root = tmp_path_factory.mktemp('resume')
   wd = {name: str(root / name) for name in 'ABCDE'}
-  env = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS='true', TF_CPP_MIN_LOG_LEVEL='2',
-             XLA_FLAGS='--xla_cpu_use_fusion_emitters=false',
+  env = dict(os.environ, **test_launch.ENV,  # the launches' fast compiles
              JAX_COMPILATION_CACHE_DIR=str(root / 'jax_cache'),
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='-1')
