@@ -8,7 +8,9 @@ Expected (2 CPU cores, AMD EPYC with AVX2; 300 steps on 600 training images sinc
 --config.seed=0,1,2: plain-CAM baseline seed 46.4 ± 2.4, RecurSeed network's CAM seed
 60.5 ± 1.7, RecurSeed seed 60.9 ± 1.2, pseudo masks after CRF 82.8 ± 1.8, segmentation head on
 val 63.7 ± 2.6, fully supervised upper bound on val 83.2 ± 0.6; stage times 300-308 s with the
-programs in the compilation cache (README, "Quick start"; docs/results.md).
+programs in the compilation cache. On an AMD EPYC with AVX-512: 47.1 ± 3.8, 61.1 ± 1.3,
+61.3 ± 0.3, 83.7 ± 0.5, 64.5 ± 0.6, 82.5 ± 1.1; stages 200 s with an empty cache, 143-146 s
+cached (README, "Quick start"; docs/results.md).
 
 Every knob of METHOD.md sections 2-5 is a field here; real configs (VOC, COCO) change the data,
 model size and schedule, not the field names.
