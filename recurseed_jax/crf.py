@@ -130,8 +130,11 @@ def run_crf(items, out_dir, *, params, workers=2, queue_size=8, desc='crf', tota
   generator running seed inference the device goes on while the pool works; a 'spawn' process
   pool (safe beside jax/tf threads in the parent) holds at most 2 * workers items. Resumable: an
   image whose PNG exists is skipped (its item is still consumed); every PNG is written to a temp
-  name and renamed, and stale temp files of a killed run in `out_dir` are removed first, so do
-  not point two concurrent runs at one folder.
+  name and renamed. Temp files already in `out_dir` are left alone: in a multi-process run the
+  other processes write their shares of the images into the same folder, and a process that
+  reached this stage later would delete their temp files between write and rename. A killed
+  run's temp files are swept once, by launch.py, before any stage runs (process 0, holding the
+  workdir lock, ahead of the other processes' barrier).
 
   Args:
     items: iterable of (image_id, image uint8 [H, W, 3], probs float [H, W, L], labels [L]).
@@ -150,7 +153,6 @@ def run_crf(items, out_dir, *, params, workers=2, queue_size=8, desc='crf', tota
   """
   start = time.perf_counter()
   os.makedirs(out_dir, exist_ok=True)
-  io_utils.remove_temp_files(out_dir)  # a killed run's; their images are redone
   if total is None and hasattr(items, '__len__'):
     total = len(items)
   params = dict(params)

@@ -133,8 +133,11 @@ def _tmp_files(folder):
 def test_run_crf_pool_resume_and_errors(tmp_path):
   out = tmp_path / 'crf'
   out.mkdir()
-  stray = out / io_utils.temp_path_for(out / 'img_002.png').split(os.sep)[-1]
-  stray.write_bytes(b'half a png')
+  # Another live writer's temp file (a second process of a multi-host run, writing its share of
+  # the images into the same folder): run_crf must leave it alone, not sweep it.
+  other = os.path.basename(io_utils.temp_path_for(out / 'img_002.png')).replace(
+      f'-{os.getpid()}', f'-{os.getpid() + 1}')
+  (out / other).write_bytes(b'half a png')
   ahead = []
 
   threads = set()
@@ -150,7 +153,8 @@ def test_run_crf_pool_resume_and_errors(tmp_path):
   assert max(ahead) <= 2 * 2 + 1 + 2
   assert threads and threading.get_ident() not in threads  # produced on a background thread
   assert stats['written'] == 7 and stats['skipped'] == 0 and stats['seconds'] > 0
-  names = sorted(os.listdir(out))
+  assert _tmp_files(out) == [other] and (out / other).read_bytes() == b'half a png'
+  names = sorted(n for n in os.listdir(out) if n != other)
   assert names == [f'img_{i:03d}.png' for i in range(7)]
   mask = io_utils.load_mask_png(out / 'img_003.png')
   assert set(np.unique(mask).tolist()) <= {0, 4, 17}
@@ -171,7 +175,7 @@ def test_run_crf_pool_resume_and_errors(tmp_path):
   with pytest.raises(RuntimeError, match='img_004'):
     crf.run_crf(_items(6, bad=4), str(bad_out), params=PARAMS, workers=2)
   assert not os.path.exists(bad_out / 'img_004.png')
-  assert not _tmp_files(out) and not _tmp_files(bad_out)
+  assert _tmp_files(out) == [other] and not _tmp_files(bad_out)
   with pytest.raises(RuntimeError, match='img_001'):
     crf.run_crf(_items(3, bad=1), str(tmp_path / 'bad0'), params=PARAMS, workers=0)
 
@@ -221,4 +225,8 @@ def test_killed_crf_resumes_without_rewriting(tmp_path):
   stats = crf.run_crf(_items(40), str(out), params=PARAMS, workers=0)
   assert stats['skipped'] == len(finished) and stats['written'] == 40 - len(finished)
   assert {n: os.stat(out / n).st_mtime_ns for n in finished} == mtimes
-  assert sorted(os.listdir(out)) == [f'img_{i:03d}.png' for i in range(40)]  # no temp left
+  pngs = sorted(n for n in os.listdir(out) if not io_utils.is_temp_name(n))
+  assert pngs == [f'img_{i:03d}.png' for i in range(40)]
+  # Only the killed run's temp files (its pool worker's) can be left, for launch.py to sweep;
+  # none of the rerun's (workers=0: written by this process).
+  assert not [n for n in _tmp_files(out) if n.endswith(f'-{os.getpid()}')], _tmp_files(out)
