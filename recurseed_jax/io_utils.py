@@ -31,7 +31,9 @@ def is_temp_name(name):
 def remove_temp_files(folder):
   """Deletes our temp files (is_temp_name) under `folder`, recursively; returns their paths.
 
-  Only for a folder no live writer uses: the workdir under its lock, a stage's own output folder.
+  Only for a folder no live writer uses: launch.py sweeps the workdir once, on process 0 under
+  the workdir lock, before the other processes pass their start barrier. Not a stage's output
+  folder: the other processes of a multi-host run write their shares into it at the same time.
   Orbax's temp folders are left to Orbax, which removes them when it opens its checkpoints.
   """
   removed = []
